@@ -97,7 +97,8 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
     for key, value in raw.items():
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            raise ConfigError(f"unknown key '{full}'{closest(key, names)} (valid keys here: {', '.join(names)})")
+            near = closest(key, names).replace("'", f"'{prefix}." if prefix else "'", 1)
+            raise ConfigError(f"unknown key '{full}'{near} (valid keys here: {', '.join(names)})")
         kwargs[key] = _coerce(value, hints[key], full)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
