@@ -1,0 +1,220 @@
+"""Fused linear + cross-entropy that never materialises the [tokens, vocab] logits.
+
+The forward walks the tokens in chunks. For each chunk it computes the logits (one matmul), the
+per-token loss, and at once the gradient of the loss with respect to those logits, which it
+turns into the chunk's slice of d(hidden) and its share of d(weight) with two more matmuls; only
+those two gradients outlive the chunk. The backward just scales them by the incoming gradient. The
+matmul work is exactly the 6*T*H*V flops of an unfused forward + backward, and the extra memory is
+one [chunk, V] buffer.
+
+- CUDA with Triton: logits in the input dtype from cuBLAS, then two Triton passes over the chunk
+  (ops/triton_ce.py) for log-sum-exp and the in-place logits gradient, fp32 inside.
+- Elsewhere (CPU, no Triton): the same loop in plain PyTorch, fp32 math.
+
+Gradient accumulation: d(hidden) is complete per chunk (one matmul over the whole vocabulary);
+d(weight) is summed over chunks in the weight's dtype, cuBLAS accumulating each chunk's product in
+fp32. An fp32 accumulator for a bf16 weight would cost 4*V*H bytes (2 GiB for Llama 3 8B's head),
+more than everything else here, so large chunks keep the number of bf16 roundings low instead.
+
+Vocabulary parallel (`process_group`): each rank holds a contiguous [V/tp, H] slice of the weight's
+rows (rank order; uneven slices allowed) and the same `hidden` and global `labels`. Per chunk the
+ranks all-gather their local log-sum-exp and target logit (one small collective), so every rank gets
+the same loss; d(hidden) is all-reduced once at the end so every rank gets the full gradient, and
+each rank's d(weight) is that of its own slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# the triton path keeps one [chunk, V] buffer in the input dtype; the torch path holds about four fp32 ones
+_LOGITS_BUDGET_BYTES = 512 * 2**20
+_TORCH_PATH_BYTES_PER_LOGIT = 16
+
+
+@dataclass(frozen=True)
+class _Options:
+    ignore_index: int
+    reduction: str
+    z_loss: float
+    softcap: float | None
+    chunk_size: int
+    process_group: Any
+    use_triton: bool
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                         ignore_index: int = -100, reduction: str = "sum", z_loss: float = 0.0,
+                         softcap: float | None = None, chunk_size: int | None = None, process_group=None,
+                         impl: str = "auto") -> torch.Tensor:
+    """Cross-entropy of `hidden @ weight.T` against `labels` (already shifted), as an fp32 scalar.
+
+    hidden [N, H], weight [V or V/tp, H], labels [N]. reduction "sum", or "mean" over the tokens whose
+    label is not `ignore_index` (0 when there are none). z_loss adds z_loss * logsumexp^2 per token;
+    softcap replaces logits by softcap * tanh(logits / softcap). impl: "auto" (Triton on CUDA when
+    importable, else PyTorch), "torch" or "triton". Gradients flow to hidden and weight through autograd;
+    the graph cannot be backpropagated twice.
+    """
+    if hidden.ndim != 2 or weight.ndim != 2 or labels.shape != hidden.shape[:1] or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: expected hidden [N, H], weight [V, H], labels [N]; got "
+                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(labels.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"linear_cross_entropy: hidden is {hidden.dtype} but weight is {weight.dtype}; "
+                         "cast one of them (under FSDP2 set the same param_dtype for the whole model)")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"linear_cross_entropy: reduction must be 'sum' or 'mean', got {reduction!r}")
+    if softcap is not None and softcap <= 0:
+        raise ValueError(f"linear_cross_entropy: softcap must be positive or None, got {softcap}")
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"linear_cross_entropy: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and triton_available())
+    if chunk_size is None:
+        chunk_size = default_chunk_size(weight.shape[0], 2 * hidden.element_size() if use_triton
+                                        else _TORCH_PATH_BYTES_PER_LOGIT)
+    if chunk_size < 1:
+        raise ValueError(f"linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
+    opts = _Options(ignore_index, reduction, float(z_loss), softcap, chunk_size, process_group, use_triton)
+    return _LinearCrossEntropy.apply(hidden.contiguous(), weight, labels.contiguous(), opts)
+
+
+def default_chunk_size(vocab_local: int, bytes_per_logit: int) -> int:
+    """Rows per chunk so that the chunk's logits buffers stay within the budget (multiple of 128)."""
+    rows = _LOGITS_BUDGET_BYTES // (vocab_local * bytes_per_logit)
+    return max(128, rows // 128 * 128)
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, opts: _Options):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, labels, opts, need_hidden, need_weight)
+        ctx.grads = (grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy: backward ran twice; its gradients are computed in the "
+                               "forward and handed out once (do not use retain_graph through it)")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
+        # scale in place: the stored gradients are not needed again
+        if grad_hidden is not None:
+            grad_hidden.mul_(grad_loss)
+        if grad_weight is not None:
+            grad_weight.mul_(grad_loss)
+        return grad_hidden, grad_weight, None, None
+
+
+def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, opts: _Options,
+                    need_hidden: bool, need_weight: bool):
+    n_tokens, vocab_local = hidden.shape[0], weight.shape[0]
+    group = opts.process_group
+    vocab_start = _vocab_start(vocab_local, group, hidden.device)
+    valid = labels != opts.ignore_index
+    n_valid = valid.sum()
+    row_scale = valid.float()
+    if opts.reduction == "mean":
+        row_scale = row_scale / n_valid.clamp(min=1)
+    need_grads = need_hidden or need_weight
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros_like(weight) if need_weight else None
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    rows = min(opts.chunk_size, n_tokens)
+    buffer = (torch.empty((rows, vocab_local), dtype=hidden.dtype, device=hidden.device)
+              if opts.use_triton else None)
+
+    for start in range(0, n_tokens, rows):
+        end = min(start + rows, n_tokens)
+        h, y, scale = hidden[start:end], labels[start:end], row_scale[start:end]
+        if buffer is not None:
+            logits = torch.mm(h, weight.t(), out=buffer[: end - start])
+        else:
+            logits = h @ weight.t()
+        lse, target = _row_stats(logits, y, vocab_start, opts)
+        if group is not None:
+            lse, target = _combine_over_vocab(lse, target, group)
+        row_loss = lse - target
+        if opts.z_loss:
+            row_loss = row_loss + opts.z_loss * lse.square()
+        total += torch.where(valid[start:end], row_loss, 0.0).sum()
+        if not need_grads:
+            continue
+        coef = scale * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else scale
+        grad_logits = _logits_grad(logits, y, lse, coef, scale, vocab_start, opts)
+        if grad_hidden is not None:
+            torch.mm(grad_logits, weight, out=grad_hidden[start:end])
+        if grad_weight is not None:
+            grad_weight.addmm_(grad_logits.t(), h)
+
+    if group is not None and grad_hidden is not None:
+        dist.all_reduce(grad_hidden, group=group)
+    if opts.reduction == "mean":
+        total = total / n_valid.clamp(min=1)
+    return total, grad_hidden, grad_weight
+
+
+def _row_stats(logits, labels, vocab_start: int, opts: _Options):
+    if opts.use_triton:
+        from cptrain.ops.triton_ce import row_stats
+
+        return row_stats(logits, labels, vocab_start, opts.ignore_index, opts.softcap)
+    z = _capped(logits.float(), opts.softcap)
+    local, hit = _local_targets(labels, vocab_start, logits.shape[1], opts.ignore_index)
+    target = z.gather(1, local.unsqueeze(1)).squeeze(1)
+    return torch.logsumexp(z, dim=1), torch.where(hit, target, 0.0)
+
+
+def _logits_grad(logits, labels, lse, coef, scale, vocab_start: int, opts: _Options) -> torch.Tensor:
+    if opts.use_triton:
+        from cptrain.ops.triton_ce import logits_grad_
+
+        return logits_grad_(logits, labels, lse, coef, scale, vocab_start, opts.softcap)
+    z = _capped(logits.float(), opts.softcap)
+    grad = torch.exp(z - lse.unsqueeze(1)) * coef.unsqueeze(1)
+    local, hit = _local_targets(labels, vocab_start, logits.shape[1], opts.ignore_index)
+    grad.scatter_add_(1, local.unsqueeze(1), -torch.where(hit, scale, 0.0).unsqueeze(1))
+    if opts.softcap is not None:
+        grad *= 1.0 - (z / opts.softcap).square()
+    return grad.to(logits.dtype)
+
+
+def _capped(z: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return z if softcap is None else softcap * torch.tanh(z / softcap)
+
+
+def _local_targets(labels, vocab_start: int, vocab_local: int, ignore_index: int):
+    """Column of each label in this vocabulary slice (clamped in range) and whether it lies there."""
+    local = labels - vocab_start
+    hit = (labels != ignore_index) & (local >= 0) & (local < vocab_local)
+    return local.clamp(0, vocab_local - 1), hit
+
+
+def _vocab_start(vocab_local: int, group, device: torch.device) -> int:
+    if group is None:
+        return 0
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, torch.tensor([vocab_local], dtype=torch.int64, device=device), group=group)
+    return int(sum(s.item() for s in sizes[: dist.get_rank(group)]))
+
+
+def _combine_over_vocab(lse: torch.Tensor, target: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global log-sum-exp and target logit from every rank's vocabulary slice (one all-gather)."""
+    local = torch.stack([lse, target])
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local, group=group)
+    every = torch.stack(parts)
+    return torch.logsumexp(every[:, 0], dim=0), every[:, 1].sum(dim=0)

@@ -1,0 +1,191 @@
+"""Chunked linear cross-entropy vs naive `F.cross_entropy(h @ w.T)`: loss and both gradients, fp32 on CPU."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cptrain.ops.chunked_ce import linear_cross_entropy
+
+IGNORE = -100
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def naive_loss(h, w, y, reduction="sum", z_loss=0.0, softcap=None):
+    z = (h @ w.t()).float()
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    valid = y != IGNORE
+    per_token = F.cross_entropy(z, y, ignore_index=IGNORE, reduction="none")
+    per_token = per_token + torch.where(valid, z_loss * torch.logsumexp(z, -1).square(), 0.0)
+    total = per_token.sum()
+    return total / valid.sum().clamp(min=1) if reduction == "mean" else total
+
+
+def make_case(n=37, h=16, v=50, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(n, h, generator=g) * scale).requires_grad_()
+    weight = (torch.randn(v, h, generator=g) * scale).requires_grad_()
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[torch.rand(n, generator=g) < 0.2] = IGNORE
+    labels[8:16] = IGNORE  # with chunk_size 8 the second chunk has no valid label at all
+    return hidden, weight, labels
+
+
+def grads_of(loss_fn, hidden, weight, grad_scale=0.5):
+    hidden.grad = weight.grad = None
+    loss = loss_fn()
+    (loss * grad_scale).backward()
+    return loss.detach(), hidden.grad.clone(), weight.grad.clone()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("z_loss,softcap", [(0.0, None), (1e-2, None), (0.0, 3.0), (1e-2, 3.0)])
+def test_matches_naive_loss_and_grads(reduction, z_loss, softcap):
+    hidden, weight, labels = make_case()
+    kw = dict(reduction=reduction, z_loss=z_loss, softcap=softcap)
+    want = grads_of(lambda: naive_loss(hidden, weight, labels, **kw), hidden, weight)
+    got = grads_of(lambda: linear_cross_entropy(hidden, weight, labels, chunk_size=8, **kw), hidden, weight)
+    assert got[0].dtype == torch.float32 and got[0].ndim == 0
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 37, 64, None])
+def test_chunk_size_does_not_change_result(chunk_size):
+    hidden, weight, labels = make_case(n=29, seed=3)
+    want = grads_of(lambda: naive_loss(hidden, weight, labels, reduction="mean"), hidden, weight)
+    got = grads_of(lambda: linear_cross_entropy(hidden, weight, labels, reduction="mean", chunk_size=chunk_size),
+                   hidden, weight)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_all_labels_ignored_gives_zero_not_nan(reduction):
+    hidden, weight, labels = make_case(n=12)
+    labels.fill_(IGNORE)
+    loss, gh, gw = grads_of(lambda: linear_cross_entropy(hidden, weight, labels, reduction=reduction,
+                                                         z_loss=1e-2, chunk_size=5), hidden, weight)
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(gh) == 0 and torch.count_nonzero(gw) == 0
+
+
+def test_large_logits_stay_finite():
+    # logits in the hundreds overflow a naive exp; the log-sum-exp must not
+    hidden, weight, labels = make_case(n=20, scale=6.0)
+    want = grads_of(lambda: naive_loss(hidden, weight, labels), hidden, weight)
+    got = grads_of(lambda: linear_cross_entropy(hidden, weight, labels, chunk_size=6), hidden, weight)
+    assert torch.isfinite(got[0])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-4)
+
+
+def test_tied_embeddings_get_both_gradients():
+    """The head weight is also the embedding table: its gradient is the sum of both uses."""
+    torch.manual_seed(1)
+    vocab, dim, n = 40, 12, 23
+    embed = torch.nn.Embedding(vocab, dim)
+    proj = torch.nn.Linear(dim, dim)
+    ids = torch.randint(0, vocab, (n,))
+    labels = torch.roll(ids, -1)
+    labels[-1] = IGNORE
+
+    def run(loss_fn):
+        embed.zero_grad(set_to_none=True)
+        proj.zero_grad(set_to_none=True)
+        loss = loss_fn(torch.tanh(proj(embed(ids))), embed.weight, labels)
+        loss.backward()
+        return loss.detach(), embed.weight.grad.clone(), proj.weight.grad.clone()
+
+    want = run(naive_loss)
+    got = run(lambda h, w, y: linear_cross_entropy(h, w, y, chunk_size=4))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_frozen_weight_and_no_grad():
+    hidden, weight, labels = make_case(n=10)
+    weight.requires_grad_(False)
+    loss = linear_cross_entropy(hidden, weight, labels, chunk_size=3)
+    loss.backward()
+    assert weight.grad is None and hidden.grad is not None
+    with torch.no_grad():
+        loss = linear_cross_entropy(hidden, weight, labels, reduction="mean")
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, naive_loss(hidden, weight, labels, reduction="mean").detach(), **TOL)
+
+
+def test_backward_twice_is_refused():
+    hidden, weight, labels = make_case(n=10)
+    loss = linear_cross_entropy(hidden, weight, labels)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("bad,match", [(dict(reduction="none"), "reduction"), (dict(softcap=0.0), "softcap"),
+                                       (dict(chunk_size=0), "chunk_size"), (dict(impl="cuda"), "impl")])
+def test_bad_arguments_name_the_argument(bad, match):
+    hidden, weight, labels = make_case(n=4)
+    with pytest.raises(ValueError, match=match):
+        linear_cross_entropy(hidden, weight, labels, **bad)
+
+
+# ---- vocabulary parallel over a real 2-process gloo group ------------------------------------------------
+
+def _vocab_parallel_worker(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        for kw in (dict(reduction="sum"), dict(reduction="mean", z_loss=1e-2, softcap=3.0)):
+            hidden, weight, labels = make_case(v=51)  # 51 rows: uneven slices 26 / 25
+            want = grads_of(lambda: naive_loss(hidden, weight, labels, **kw), hidden, weight)
+            rows = weight.detach().chunk(world)[rank].clone().requires_grad_()
+            hidden.grad = None
+            loss = linear_cross_entropy(hidden, rows, labels, chunk_size=8, process_group=dist.group.WORLD, **kw)
+            (loss * 0.5).backward()
+            torch.testing.assert_close(loss.detach(), want[0], **TOL)
+            torch.testing.assert_close(hidden.grad, want[1], **TOL)
+            torch.testing.assert_close(rows.grad, want[2].chunk(world)[rank], **TOL)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_vocab_parallel_matches_single_process():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_vocab_parallel_worker, args=(2, port), nprocs=2, join=True)
+
+
+# ---- the Triton kernels, run by Triton's interpreter on CPU ----------------------------------------------
+
+_INTERPRETED = """
+import torch
+from cptrain.ops.chunked_ce import linear_cross_entropy
+from test_chunked_ce import grads_of, make_case
+for kw in (dict(reduction="sum"), dict(reduction="mean", z_loss=1e-2, softcap=3.0)):
+    h, w, y = make_case(n=21, v=70)
+    want = grads_of(lambda: linear_cross_entropy(h, w, y, chunk_size=8, impl="torch", **kw), h, w)
+    got = grads_of(lambda: linear_cross_entropy(h, w, y, chunk_size=8, impl="triton", **kw), h, w)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_triton_kernels_match_torch_path_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    run = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
