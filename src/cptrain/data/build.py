@@ -1,0 +1,95 @@
+"""The two entry points the trainer calls: the training loader of one rank, and the held-out batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cptrain.data.checks import fingerprint, fingerprint_parts, resolve_sources
+from cptrain.data.config import DataConfig
+from cptrain.data.documents import TokenizedDocuments
+from cptrain.data.loader import TrainLoader
+from cptrain.data.mixture import Mixture
+from cptrain.data.packing import make_batch, pack_documents
+from cptrain.data.pipeline import ShardPipeline
+from cptrain.data.sources import iter_documents
+from cptrain.data.tokenize import DocumentTokenizer
+
+
+def data_seed(cfg: DataConfig, seed: int | None) -> int:
+    """data.seed alone, or combined with the run's seed when the trainer passes one."""
+    return cfg.seed if seed is None else cfg.seed * 1_000_003 + seed
+
+
+def build_train_loader(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_size: int, dp_rank: int = 0,
+                       dp_size: int = 1, seed: int | None = None, micro_batches_per_step: int = 1) -> TrainLoader:
+    """An endless iterator of Batch dicts for rank `dp_rank` of `dp_size`; see loader.TrainLoader.
+
+    `micro_batches_per_step` (gradient accumulation) turns micro-batch counts into optimizer steps for
+    `data.stages`. Every source is checked here, so bad paths and missing text fields fail before
+    training starts.
+    """
+    if not 0 <= dp_rank < dp_size:
+        raise ValueError(f"dp_rank={dp_rank} is not in [0, dp_size={dp_size})")
+    doc_tokenizer = DocumentTokenizer(tokenizer, cfg.add_bos, cfg.eos_token)
+    seed = data_seed(cfg, seed)
+    if cfg.mode == "pretokenized":
+        from cptrain.data.shards import open_token_sources
+
+        resolved, open_sources = open_token_sources(cfg, doc_tokenizer, seed)
+    else:
+        resolved = resolve_sources(cfg)
+
+        def open_sources(shard: int, shards: int) -> list:
+            return [TokenizedDocuments(src, doc_tokenizer, shard=shard, shards=shards,
+                                       eval_fraction=cfg.eval_fraction, seed=seed, shuffle=cfg.shuffle_files,
+                                       batch_size=cfg.tokenize_batch_size) for src in resolved]
+
+    def make_pipeline(shard: int, shards: int, worker: int, workers: int) -> ShardPipeline:
+        return ShardPipeline(cfg, open_sources(shard, shards), seq_len, micro_batch_size, batch_offset=worker,
+                             batch_stride=workers, micro_batches_per_step=micro_batches_per_step)
+
+    parts = fingerprint_parts(cfg, resolved, doc_tokenizer.fingerprint, seq_len, micro_batch_size)
+    parts["seed"] = seed
+    return TrainLoader(cfg, make_pipeline, dp_rank=dp_rank, dp_size=dp_size, parts=parts,
+                       fingerprint=fingerprint(parts))
+
+
+def eval_documents(cfg: DataConfig, doc_tokenizer: DocumentTokenizer, max_tokens: int) -> list[np.ndarray]:
+    """Held-out documents of all sources in a fixed order, mixed by weight, until `max_tokens`."""
+    resolved = resolve_sources(cfg)
+    streams = [iter_documents(src, split="eval", shard=0, shards=1, eval_fraction=cfg.eval_fraction,
+                              seed=cfg.seed, shuffle=False, repeat=False) for src in resolved]
+    weights = cfg.stage_weights(0)
+    docs: list[np.ndarray] = []
+    taken = [0] * len(resolved)
+    total = 0
+    while total < max_tokens and len(docs) < cfg.eval_max_documents and any(w > 0 for w in weights):
+        mixture = Mixture([weights], [0], taken=list(taken))
+        s = mixture.choose()
+        item = next((it for it in streams[s] if it.text is not None), None)
+        if item is None:
+            weights = [0.0 if i == s else w for i, w in enumerate(weights)]
+            continue
+        tokens = doc_tokenizer.encode([item.text])[0]
+        taken[s] += len(tokens)
+        docs.append(tokens)
+        total += len(tokens)
+    return docs
+
+
+def build_eval_batches(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_size: int,
+                       max_batches: int) -> list[dict[str, torch.Tensor]]:
+    """Up to `max_batches` packed batches of held-out documents; the same list on every call and rank."""
+    if cfg.eval_fraction <= 0 or max_batches <= 0:
+        return []
+    doc_tokenizer = DocumentTokenizer(tokenizer, cfg.add_bos, cfg.eos_token)
+    docs = eval_documents(cfg, doc_tokenizer, max_batches * micro_batch_size * seq_len + 1)
+    tokens, pieces = pack_documents(docs, seq_len, doc_tokenizer.eos_id)
+    tokens, pieces = tokens[: max_batches * micro_batch_size], pieces[: max_batches * micro_batch_size]
+    short = -len(tokens) % micro_batch_size
+    if short:  # fill the last batch with all-padding rows (their labels are all ignored)
+        tokens = np.concatenate([tokens, np.full((short, seq_len + 1), doc_tokenizer.eos_id, np.int64)])
+        pieces = np.concatenate([pieces, np.full((short, seq_len + 1), -1, np.int32)])
+    return [make_batch(tokens[i:i + micro_batch_size], pieces[i:i + micro_batch_size])
+            for i in range(0, len(tokens), micro_batch_size)]

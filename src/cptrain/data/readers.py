@@ -1,0 +1,217 @@
+"""Reading rows out of one file (txt, jsonl, jsonl.gz, jsonl.zst, parquet) with nothing lost silently.
+
+A reader yields `Row`s from a starting row on; each row is either raw data that `row_text` turns into
+a document text, or a problem (`Row.problem`) such as a truncated compressed file. `row_text` checks
+one row and returns its text or the reason it must be skipped. Raw rows are not parsed until asked, so
+a data-parallel rank can walk past the rows it does not own cheaply.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cptrain.configtools import ConfigError
+
+MISSING = object()  # a parquet / datasets row without the text column
+
+
+@dataclass
+class Row:
+    row: int  # 0-based row index in the file (one row per line for jsonl, one per file for txt)
+    line: int  # 1-based line (jsonl) or row number, for messages
+    offset: int  # byte offset where the row starts in an uncompressed jsonl file; -1 elsewhere
+    data: Any = None  # bytes (jsonl, txt) or the text column's value (parquet, datasets)
+    problem: str | None = None  # a file-level problem: truncated_file, empty_file, read_error
+    end: int = -1  # byte offset just after the row (uncompressed jsonl), where the next row starts
+
+
+def file_format(path: str, fmt: str) -> str:
+    """The reader for `path`: the source's format, or one chosen by extension when it is `auto`."""
+    if fmt != "auto":
+        if fmt == "jsonl":
+            return "jsonl.gz" if path.endswith(".gz") else "jsonl.zst" if path.endswith(".zst") else "jsonl"
+        return fmt
+    for ext, name in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl.zst", "jsonl.zst"),
+                      (".json.zst", "jsonl.zst"), (".jsonl", "jsonl"), (".json", "jsonl"),
+                      (".parquet", "parquet")):
+        if path.endswith(ext):
+            return name
+    return "txt"
+
+
+def read_rows(path: Path, fmt: str, text_field: str = "text", separator: str = "", start_row: int = 0,
+              start_offset: int = -1) -> Iterator[Row]:
+    """Rows of one file from `start_row` on (jumping to `start_offset` where the format allows)."""
+    try:
+        if fmt == "txt":
+            yield from _txt_rows(path, separator, start_row)
+        elif fmt == "parquet":
+            yield from _parquet_rows(path, text_field, start_row)
+        else:
+            yield from _line_rows(path, fmt, start_row, start_offset)
+    except OSError as e:
+        yield Row(start_row, start_row + 1, -1, None, f"read_error: {e.strerror or e}")
+
+
+def _txt_rows(path: Path, separator: str, start_row: int) -> Iterator[Row]:
+    data = path.read_bytes()
+    if not data:
+        if start_row == 0:
+            yield Row(0, 1, -1, None, "empty_file")
+        return
+    if not separator:
+        if start_row == 0:
+            yield Row(0, 1, -1, data)
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if start_row == 0:  # the whole file is one bad row: pieces cannot be trusted
+            yield Row(0, data.count(b"\n", 0, e.start) + 1, -1, data)
+        return
+    line = 1
+    for i, piece in enumerate(text.split(separator)):
+        if i >= start_row:
+            yield Row(i, line, -1, piece)
+        line += piece.count("\n") + separator.count("\n")
+
+
+def _open_lines(path: Path, fmt: str) -> io.BufferedIOBase:
+    if fmt == "jsonl.gz":
+        return gzip.open(path, "rb")
+    if fmt == "jsonl.zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise ConfigError(f"{path}: reading .zst files needs zstandard: pip install 'cptrain[data]' "
+                              "(or pip install zstandard)") from None
+        raw = path.open("rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return path.open("rb")
+
+
+def _line_rows(path: Path, fmt: str, start_row: int, start_offset: int) -> Iterator[Row]:
+    plain = fmt == "jsonl"
+    with _open_lines(path, fmt) as f:
+        row = 0
+        if plain and start_offset >= 0:
+            f.seek(start_offset)
+            row = start_row
+        offset = start_offset if plain and start_offset >= 0 else 0
+        while True:
+            try:
+                line = f.readline()
+            except (EOFError, OSError, zlib.error) as e:
+                yield Row(row, row + 1, -1, None, f"truncated_file: {type(e).__name__}: {e}")
+                return
+            except Exception as e:  # zstandard.ZstdError and friends: a corrupt or cut-off stream
+                yield Row(row, row + 1, -1, None, f"truncated_file: {type(e).__name__}: {e}")
+                return
+            if not line:
+                if row == 0:
+                    yield Row(0, 1, -1, None, "empty_file")
+                return
+            if row >= start_row:
+                yield Row(row, row + 1, offset if plain else -1, line, end=offset + len(line) if plain else -1)
+            offset += len(line)
+            row += 1
+
+
+def _pyarrow_parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(f"{path}: reading parquet needs pyarrow: pip install 'cptrain[data]' "
+                          "(or pip install pyarrow)") from None
+    return pq
+
+
+def _parquet_rows(path: Path, column: str, start_row: int) -> Iterator[Row]:
+    """Rows of a parquet file's `column` from `start_row` on, skipping whole row groups before it."""
+    pq = _pyarrow_parquet(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid for cut-off or non-parquet files
+        yield Row(start_row, start_row + 1, -1, None, f"truncated_file: {type(e).__name__}: {e}")
+        return
+    meta = pf.metadata
+    if meta.num_rows == 0:
+        if start_row == 0:
+            yield Row(0, 1, -1, None, "empty_file")
+        return
+    has_column = column in pf.schema_arrow.names
+    first = 0
+    for group in range(meta.num_row_groups):
+        n = meta.row_group(group).num_rows
+        if first + n <= start_row:
+            first += n
+            continue
+        if has_column:
+            values = pf.read_row_group(group, columns=[column]).column(0).to_pylist()
+        else:
+            values = [MISSING] * n
+        for i, value in enumerate(values):
+            if first + i >= start_row:
+                yield Row(first + i, first + i + 1, -1, value)
+        first += n
+
+
+def row_text(data: Any, fmt: str, text_field: str) -> tuple[str | None, str | None]:
+    """(text, None) for a usable row, else (None, reason) with reason one of the skip kinds."""
+    if fmt.startswith("jsonl"):
+        if not data.strip():
+            return None, "blank_line"
+        try:
+            line = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "invalid_utf8"
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return None, "invalid_json"
+        if not isinstance(obj, dict):
+            return None, "invalid_json"
+        data = obj.get(text_field, MISSING)
+    elif fmt == "txt" and isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "invalid_utf8"
+    if data is MISSING:
+        return None, "missing_field"
+    if not isinstance(data, str):
+        return None, "non_string_text" if data is not None else "missing_field"
+    if "\x00" in data:
+        return None, "nul_bytes"
+    if not data.strip():
+        return None, "empty_text"
+    return data, None
+
+
+def dataset_rows(path: str, config_name: str | None, split: str, data_files: list[str], streaming: bool,
+                 column: str, start_row: int = 0) -> Iterator[Row]:
+    """Rows of anything `datasets.load_dataset` reads (local builders, or hub names when online)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"source {path!r} with format 'datasets' needs the datasets package: "
+                          "pip install 'cptrain[data]' (or pip install datasets)") from None
+    kwargs = {"data_files": data_files} if data_files else {}
+    try:
+        ds = datasets.load_dataset(path, config_name, split=split, streaming=streaming, **kwargs)
+    except Exception as e:  # datasets raises many kinds; all mean "cannot open this source"
+        raise ConfigError(f"datasets.load_dataset({path!r}, split={split!r}) failed: {type(e).__name__}: {e}. "
+                          "Check the source's path, split, data_files and dataset_config") from None
+    if start_row:
+        ds = ds.skip(start_row) if streaming else ds.select(range(start_row, len(ds)))
+    row = start_row
+    for example in ds:
+        yield Row(row, row + 1, -1, example.get(column, MISSING))
+        row += 1

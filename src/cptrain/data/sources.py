@@ -1,0 +1,208 @@
+"""Sources: which files a `[[data.sources]]` entry names, and its documents for one shard and split.
+
+A document's identity is its name: the file path relative to the source root, plus `:row` for files
+that hold many documents. The held-out split is a stable hash of that name; the shard (data-parallel
+rank x loader worker) owning a row is `row counter % shards`, counted over the rows of one epoch in a
+file order that is shuffled per epoch from the seed. Every rank walks the same order and so each
+document is used exactly once per epoch across the job.
+
+Where a stream stands is a `Cursor` of plain ints, so a loader can save it and later continue from it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cptrain.configtools import ConfigError
+from cptrain.data.config import SourceConfig
+from cptrain.data.readers import Row, dataset_rows, file_format, read_rows, row_text
+
+STDLIB = "builtin:python-stdlib"
+GLOB_CHARS = set("*?[")
+LAZY = object()  # a whole-file row not read yet
+
+
+class DataError(ConfigError):
+    """Data that cannot train: nothing matched, no usable document, a stale cache, a changed config."""
+
+
+@dataclass
+class ResolvedSource:
+    """A source config plus the sorted list of files it reads (relative to `root`) and their formats."""
+
+    cfg: SourceConfig
+    root: Path
+    files: list[tuple[str, str]]  # (relative path, reader format); one ("", "datasets") for datasets
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def path_of(self, rel: str) -> Path:
+        return self.root / rel
+
+    def identity(self) -> dict:
+        """What makes this source's documents what they are: config and file list with sizes."""
+        h = hashlib.blake2b(digest_size=12)
+        for rel, _ in self.files:
+            size = self.path_of(rel).stat().st_size if rel else 0
+            h.update(f"{rel}\0{size}\n".encode())
+        c = self.cfg
+        return {"name": c.name, "path": c.path, "format": c.format, "text_field": c.text_field,
+                "separator": c.separator, "split": c.split, "data_files": list(c.data_files),
+                "files": f"{len(self.files)} files, {h.hexdigest()}"}
+
+
+def resolve_source(cfg: SourceConfig, key: str) -> ResolvedSource:
+    """List the files of one source; a path matching nothing is a DataError naming `key`."""
+    if cfg.format == "datasets":
+        return ResolvedSource(cfg, Path("."), [("", "datasets")])
+    if cfg.path == STDLIB:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        rels = [r for r in _walk(root) if r.endswith(".py") and "site-packages" not in Path(r).parts]
+        return ResolvedSource(cfg, root, [(r, "txt") for r in rels])
+    path = os.path.expanduser(cfg.path)
+    if GLOB_CHARS & set(path):
+        root = Path(_glob_root(path))
+        rels = sorted(os.path.relpath(p, root) for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+    elif os.path.isdir(path):
+        root, rels = Path(path), _walk(Path(path))
+    elif os.path.isfile(path):
+        root, rels = Path(path).parent, [Path(path).name]
+    else:
+        raise DataError(f"{key}.path = {cfg.path!r}: no such file or folder")
+    if not rels:
+        raise DataError(f"{key}.path = {cfg.path!r} matches no file; check the path or glob "
+                        f"(globs use ** for sub-folders)")
+    return ResolvedSource(cfg, root, [(r, file_format(r, cfg.format)) for r in rels])
+
+
+def _glob_root(pattern: str) -> str:
+    parts = []
+    for part in Path(pattern).parts:
+        if GLOB_CHARS & set(part):
+            break
+        parts.append(part)
+    return str(Path(*parts)) if parts else "."
+
+
+def _walk(root: Path) -> list[str]:
+    """Every non-hidden regular file under `root`, as sorted relative paths."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+        rel_dir = os.path.relpath(dirpath, root)
+        for f in filenames:
+            if not f.startswith("."):
+                out.append(f if rel_dir == "." else os.path.join(rel_dir, f))
+    return sorted(out)
+
+
+def is_eval(name: str, eval_fraction: float) -> bool:
+    """Stable held-out split: the same document name lands on the same side on every machine."""
+    if eval_fraction <= 0:
+        return False
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < eval_fraction
+
+
+# A cursor is [epoch, file position in the epoch's order, row in that file, byte offset (-1: by row),
+# rows counted in this epoch before it]; plain ints so it survives any checkpoint format.
+Cursor = list[int]
+START: Cursor = [0, 0, 0, -1, 0]
+
+
+@dataclass
+class Item:
+    """One step of a document stream: a usable document (`text`) or a skipped row / file (`reason`)."""
+
+    before: Cursor  # where reading this item starts
+    after: Cursor  # where the stream continues after it
+    name: str  # document name, or the file for a skip
+    text: str | None = None
+    reason: str | None = None
+    line: int = 0  # 1-based line of a skipped row
+
+
+def file_order(src: ResolvedSource, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    order = list(range(len(src.files)))
+    if shuffle:
+        random.Random(f"{seed}/{src.name}/{epoch}").shuffle(order)
+    return order
+
+
+def iter_documents(src: ResolvedSource, *, split: str, shard: int, shards: int, eval_fraction: float,
+                   seed: int, shuffle: bool, cursor: Cursor = START, repeat: bool = True) -> Iterator[Item]:
+    """Documents of `split` ('train' | 'eval') owned by `shard`, from `cursor`, forever if `repeat`.
+
+    Skipped rows are yielded as Items with a reason (first epoch only, so each bad row counts once).
+    A whole epoch without a single document is a DataError: the source cannot feed this shard.
+    """
+    epoch, pos, row, offset, counter = cursor
+    c = src.cfg
+    while True:
+        order = file_order(src, seed, epoch, shuffle)
+        found = pos > 0 or row > 0  # resumed mid-epoch: an earlier part of it may have held documents
+        reasons: dict[str, int] = {}
+        while pos < len(order):
+            ordinal = order[pos]
+            rel, fmt = src.files[ordinal]
+            whole = fmt == "txt" and not c.separator  # one document per file: read only if ours
+            if fmt == "datasets":
+                rows = dataset_rows(c.path, c.dataset_config, c.split, c.data_files, c.streaming,
+                                    c.text_field, row)
+            elif whole:
+                rows = iter([Row(0, 1, -1, LAZY)] if row == 0 else [])
+            else:
+                rows = read_rows(src.path_of(rel), fmt, c.text_field, c.separator, row, offset)
+            for r in rows:
+                before = [epoch, pos, r.row, r.offset, counter]
+                if r.problem is not None:
+                    if epoch == 0 and ordinal % shards == shard and split == "train":
+                        yield Item(before, [epoch, pos + 1, 0, -1, counter], rel, reason=r.problem, line=r.line)
+                    continue
+                after = [epoch, pos, r.row + 1, r.end, counter + 1]
+                owned = counter % shards == shard
+                counter += 1
+                if not owned:
+                    continue
+                name = rel if whole else f"{rel or c.path}:{r.row}"
+                if is_eval(name, eval_fraction) != (split == "eval"):
+                    continue
+                if whole:
+                    r = next(read_rows(src.path_of(rel), fmt))
+                text, reason = row_text(r.data, fmt, c.text_field) if r.problem is None else (None, r.problem)
+                if text is not None:
+                    found = True
+                    yield Item(before, after, name, text=text)
+                else:
+                    reason = reason.split(":")[0]
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                    if epoch == 0:
+                        yield Item(before, after, rel or c.path, reason=reason, line=_bad_line(r, reason))
+            pos, row, offset = pos + 1, 0, -1
+        if not repeat:
+            return
+        if not found:
+            why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "no rows"
+            raise DataError(f"source {src.name!r} ({c.path}) has no usable {split} document for shard "
+                            f"{shard} of {shards} in a whole epoch ({why}); check text_field "
+                            f"{c.text_field!r}, or use fewer ranks x workers than it has documents")
+        epoch, pos, row, offset, counter = epoch + 1, 0, 0, -1, 0
+
+
+def _bad_line(r, reason: str) -> int:
+    """The line of an invalid UTF-8 byte in a whole-file text row; else the row's own line."""
+    if reason == "invalid_utf8" and isinstance(r.data, bytes) and r.line == 1 and b"\n" in r.data:
+        try:
+            r.data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return r.data.count(b"\n", 0, e.start) + 1
+    return r.line

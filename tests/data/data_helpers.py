@@ -1,0 +1,52 @@
+"""Small real data files and ways to read a loader's token stream back into documents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma "
+         "tau upsilon phi chi psi omega").split()
+
+
+def doc_text(source: str, i: int, words: int = 12) -> str:
+    """A unique, varied document: its own number plus a pseudo-random run of words."""
+    body = " ".join(WORDS[(i * 7 + k * k) % len(WORDS)] for k in range(words + (i * 13) % 17))
+    return f"{source} document {i}: {body}."
+
+
+def write_jsonl(path: Path, texts: list, field: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for t in texts:
+            f.write(json.dumps({field: t}) + "\n")
+    return path
+
+
+def input_stream(batches: list[dict]) -> torch.Tensor:
+    """The token stream the rows were cut from (rows overlap by one token, so inputs tile it)."""
+    return torch.cat([row for b in batches for row in b["input_ids"]])
+
+
+def split_documents(stream: torch.Tensor, eos_id: int) -> list[tuple[int, ...]]:
+    """Complete documents (EOS-terminated) in a token stream; a cut-off first or last one is dropped."""
+    ends = (stream == eos_id).nonzero().flatten().tolist()
+    docs, start = [], 0
+    for end in ends:
+        docs.append(tuple(stream[start:end + 1].tolist()))
+        start = end + 1
+    return docs
+
+
+def encode_doc(tokenizer, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+
+
+def data_config(sources: list[dict], **kw):
+    """A validated DataConfig from plain dicts, as a recipe would give."""
+    from cptrain.configtools import from_dict
+    from cptrain.data.config import DataConfig
+
+    return from_dict(DataConfig, {"sources": sources, **kw}, "data")
