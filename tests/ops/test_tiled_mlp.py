@@ -1,0 +1,123 @@
+"""Tiled MLP vs the untiled decoder MLP, fp32 on CPU: output and every gradient, also under activation
+checkpointing, torch.compile and FSDP2 over a real 2-process gloo group."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from cptrain.models.decoder import MLP
+from cptrain.models.presets import ModelArgs
+from cptrain.ops.tiled_mlp import resolve_num_tiles
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def make_mlp(dim=16, ffn=40, seed=0) -> MLP:
+    torch.manual_seed(seed)
+    mlp = MLP(ModelArgs(dim=dim, ffn_dim=ffn))
+    for p in mlp.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return mlp
+
+
+def run(mlp: MLP, x: torch.Tensor, num_tiles: int, wrap=None):
+    """Output, d(x) and d(params) of sum(mlp(x) * fixed weights), with the MLP tiled `num_tiles` ways."""
+    mlp.num_tiles = num_tiles
+    mlp.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    out = (wrap or (lambda f, t: f(t)))(mlp, x)
+    probe = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out * probe).sum().backward()
+    return [out.detach(), x.grad] + [p.grad for p in mlp.parameters()]
+
+
+def assert_all_close(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g is not None and w is not None
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize("num_tiles", [2, 3, 7, 26])
+def test_matches_untiled_including_grads(num_tiles):
+    mlp, x = make_mlp(), torch.randn(2, 13, 16)  # 26 tokens: most tile counts split unevenly
+    assert_all_close(run(mlp, x, num_tiles), run(mlp, x, 1))
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_under_activation_checkpointing(use_reentrant):
+    mlp, x = make_mlp(), torch.randn(1, 19, 16)
+
+    def block(module, t):
+        return t + checkpoint(lambda u: module(torch.tanh(u)), t, use_reentrant=use_reentrant)
+
+    assert_all_close(run(mlp, x, 4, block), run(mlp, x, 1, block))
+
+
+def test_under_torch_compile():
+    mlp, x = make_mlp(), torch.randn(2, 9, 16)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda module, t: module(t * 2.0) + t, backend="aot_eager", fullgraph=False)
+    assert_all_close(run(mlp, x, 3, compiled), run(mlp, x, 1, lambda m, t: m(t * 2.0) + t))
+
+
+def test_frozen_parameter_and_grad_accumulation():
+    mlp, x = make_mlp(), torch.randn(1, 10, 16)
+    mlp.up_proj.weight.requires_grad_(False)
+    want = [None if t is None else t.clone() for t in run(mlp, x, 1)]
+    mlp.zero_grad(set_to_none=True)
+    mlp.num_tiles = 3
+    for _ in range(2):  # two micro-batches accumulate into .grad, as in gradient accumulation
+        x_leaf = x.clone().requires_grad_()
+        out = mlp(x_leaf)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    assert mlp.up_proj.weight.grad is None
+    torch.testing.assert_close(mlp.gate_proj.weight.grad, 2 * want[2], **TOL)
+    torch.testing.assert_close(mlp.down_proj.weight.grad, 2 * want[4], **TOL)
+
+
+def test_resolve_num_tiles():
+    assert resolve_num_tiles("off", 131072, 4096, 14336, 1) == 1
+    assert resolve_num_tiles("8", 4096, 4096, 14336, 1) == 8
+    assert resolve_num_tiles(3, 4096, 4096, 14336, 1) == 3
+    assert resolve_num_tiles("auto", 4096, 4096, 14336, 1) == 1  # short: the untiled MLP is small
+    for seq, dim, ffn in [(131072, 2048, 8192), (131072, 4096, 14336), (524288, 4096, 14336)]:
+        tiles = resolve_num_tiles("auto", seq, dim, ffn, 1)
+        per_tile = seq / tiles * ffn * 2 * 4
+        assert tiles > 1 and per_tile <= max(seq * dim * 2, 2**30) * 1.001
+    assert resolve_num_tiles("auto", 2048, 64, 100000, 1) == 2  # tiles never shorter than 1024 tokens
+    for bad in ("0", "-2", "many", ""):
+        with pytest.raises(ValueError, match="model.tiled_mlp"):
+            resolve_num_tiles(bad, 1024, 64, 128, 1)
+
+
+# ---- FSDP2 over a real 2-process gloo group ----------------------------------------------------------------
+
+def _fsdp_worker(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        x = torch.randn(2, 11, 16, generator=torch.Generator().manual_seed(5))
+        want = run(make_mlp(), x, 1)
+        mlp = make_mlp()
+        fully_shard(mlp, mesh=init_device_mesh("cpu", (world,)))
+        got = run(mlp, x, 3, lambda m, t: checkpoint(m, t, use_reentrant=False))
+        got = got[:2] + [g.full_tensor() for g in got[2:]]  # sharded DTensor grads -> whole
+        assert_all_close(got, want)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_sharded_grads_match_untiled():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_fsdp_worker, args=(2, port), nprocs=2, join=True)
