@@ -50,3 +50,19 @@ def data_config(sources: list[dict], **kw):
     from cptrain.data.config import DataConfig
 
     return from_dict(DataConfig, {"sources": sources, **kw}, "data")
+
+
+def two_sources(tmp_path: Path, short_docs: int = 300, long_docs: int = 100) -> tuple[Path, Path, list, list]:
+    """A source of short documents and one of documents ~6x longer, so token and document shares differ."""
+    short = [doc_text("short", i, words=10) for i in range(short_docs)]
+    long = [doc_text("long", i, words=90) for i in range(long_docs)]
+    return write_jsonl(tmp_path / "short.jsonl", short), write_jsonl(tmp_path / "long.jsonl", long), short, long
+
+
+def docs_by_source(stream_docs: list[tuple], tokenizer, sources: dict[str, list[str]]) -> dict[str, list[tuple]]:
+    """Assign each decoded document of a stream to the source whose text it encodes."""
+    owner = {encode_doc(tokenizer, t): name for name, texts in sources.items() for t in texts}
+    out: dict[str, list[tuple]] = {name: [] for name in sources}
+    for d in stream_docs:
+        out[owner[d]].append(d)
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -12,7 +14,7 @@ from cptrain.data.loader import TrainLoader
 from cptrain.data.mixture import Mixture
 from cptrain.data.packing import make_batch, pack_documents
 from cptrain.data.pipeline import ShardPipeline
-from cptrain.data.sources import iter_documents
+from cptrain.data.sources import iter_documents, resolve_source
 from cptrain.data.tokenize import DocumentTokenizer
 
 
@@ -36,9 +38,10 @@ def build_train_loader(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_
     if cfg.mode == "pretokenized":
         from cptrain.data.shards import open_token_sources
 
-        resolved, open_sources = open_token_sources(cfg, doc_tokenizer, seed)
+        identities, open_sources = open_token_sources(cfg, doc_tokenizer, seed)
     else:
         resolved = resolve_sources(cfg)
+        identities = [src.identity() for src in resolved]
 
         def open_sources(shard: int, shards: int) -> list:
             return [TokenizedDocuments(src, doc_tokenizer, shard=shard, shards=shards,
@@ -49,29 +52,43 @@ def build_train_loader(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_
         return ShardPipeline(cfg, open_sources(shard, shards), seq_len, micro_batch_size, batch_offset=worker,
                              batch_stride=workers, micro_batches_per_step=micro_batches_per_step)
 
-    parts = fingerprint_parts(cfg, resolved, doc_tokenizer.fingerprint, seq_len, micro_batch_size)
+    parts = fingerprint_parts(cfg, identities, doc_tokenizer.fingerprint, seq_len, micro_batch_size)
     parts["seed"] = seed
     return TrainLoader(cfg, make_pipeline, dp_rank=dp_rank, dp_size=dp_size, parts=parts,
                        fingerprint=fingerprint(parts))
 
 
+def _eval_streams(cfg: DataConfig, doc_tokenizer: DocumentTokenizer) -> list[Iterator[np.ndarray]]:
+    """Per source, its held-out documents' tokens in a fixed order (from raw files or token shards)."""
+    if cfg.mode == "pretokenized":
+        from cptrain.data.shards import TokenShard, cache_dir, check_cache
+
+        streams = []
+        for i, source in enumerate(cfg.sources):
+            src = resolve_source(source, f"data.sources[{i}]")
+            meta = check_cache(cfg, src, doc_tokenizer, f"data.sources[{i}]")
+            shard = TokenShard(cache_dir(cfg, src.name), meta["dtype"])
+            streams.append(shard.document(int(d)) for d in shard.split(cfg.eval_fraction, "eval"))
+        return streams
+    return [(doc_tokenizer.encode([it.text])[0]
+             for it in iter_documents(src, split="eval", shard=0, shards=1, eval_fraction=cfg.eval_fraction,
+                                      seed=cfg.seed, shuffle=False, repeat=False) if it.text is not None)
+            for src in resolve_sources(cfg)]
+
+
 def eval_documents(cfg: DataConfig, doc_tokenizer: DocumentTokenizer, max_tokens: int) -> list[np.ndarray]:
     """Held-out documents of all sources in a fixed order, mixed by weight, until `max_tokens`."""
-    resolved = resolve_sources(cfg)
-    streams = [iter_documents(src, split="eval", shard=0, shards=1, eval_fraction=cfg.eval_fraction,
-                              seed=cfg.seed, shuffle=False, repeat=False) for src in resolved]
+    streams = _eval_streams(cfg, doc_tokenizer)
     weights = cfg.stage_weights(0)
     docs: list[np.ndarray] = []
-    taken = [0] * len(resolved)
+    taken = [0] * len(streams)
     total = 0
     while total < max_tokens and len(docs) < cfg.eval_max_documents and any(w > 0 for w in weights):
-        mixture = Mixture([weights], [0], taken=list(taken))
-        s = mixture.choose()
-        item = next((it for it in streams[s] if it.text is not None), None)
-        if item is None:
+        s = Mixture([weights], [0], taken=list(taken)).choose()
+        tokens = next(streams[s], None)
+        if tokens is None:  # this source has no more held-out documents
             weights = [0.0 if i == s else w for i, w in enumerate(weights)]
             continue
-        tokens = doc_tokenizer.encode([item.text])[0]
         taken[s] += len(tokens)
         docs.append(tokens)
         total += len(tokens)

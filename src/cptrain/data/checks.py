@@ -67,11 +67,14 @@ def _keys(data, fmt: str) -> list[str]:
     return [] if data is MISSING else []
 
 
-def fingerprint_parts(cfg: DataConfig, sources: list[ResolvedSource], tokenizer_fingerprint: str,
+def fingerprint_parts(cfg: DataConfig, sources: list[dict], tokenizer_fingerprint: str,
                       seq_len: int, micro_batch_size: int) -> dict:
-    """Everything that decides the token stream, in readable form so a mismatch can say what changed."""
+    """Everything that decides the token stream, in readable form so a mismatch can say what changed.
+
+    `sources`: each source's identity (ResolvedSource.identity(), plus the cache fingerprint when
+    reading token shards)."""
     return {
-        "sources": [s.identity() for s in sources],
+        "sources": sources,
         "weights": [cfg.stage_weights(i) for i in range(1 + len(cfg.stages))],
         "stage_starts": [s.start_step for s in cfg.stages],
         "eval_fraction": cfg.eval_fraction,

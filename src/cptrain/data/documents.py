@@ -29,7 +29,7 @@ class Document:
 
 
 def new_stats() -> dict:
-    return {"documents": 0, "tokens": 0, "skipped": {}, "problem_files": {}, "epoch": 0}
+    return {"documents": 0, "tokens": 0, "bytes": 0, "skipped": {}, "problem_files": {}, "epoch": 0}
 
 
 def count_skip(stats: dict, source: str, item: Item) -> None:
@@ -75,6 +75,7 @@ class TokenizedDocuments:
         tokens = iter(self.tokenizer.encode(texts)) if texts else iter(())
         for it in batch:
             self._ready.append((it, next(tokens) if it.text is not None else None))
+            it.text = len(it.text.encode("utf-8")) if it.text is not None else None  # keep only the size
 
     def next(self) -> Document:
         while True:
@@ -87,6 +88,7 @@ class TokenizedDocuments:
             self.cursor = item.after
             self.stats["documents"] += 1
             self.stats["tokens"] += len(tokens)
+            self.stats["bytes"] += item.text
             self.stats["epoch"] = item.after[0]
             return Document(item.before, item.name, tokens)
 

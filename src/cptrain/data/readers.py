@@ -22,7 +22,7 @@ from cptrain.configtools import ConfigError
 MISSING = object()  # a parquet / datasets row without the text column
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     row: int  # 0-based row index in the file (one row per line for jsonl, one per file for txt)
     line: int  # 1-based line (jsonl) or row number, for messages

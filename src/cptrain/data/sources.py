@@ -119,7 +119,7 @@ Cursor = list[int]
 START: Cursor = [0, 0, 0, -1, 0]
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One step of a document stream: a usable document (`text`) or a skipped row / file (`reason`)."""
 
@@ -140,7 +140,7 @@ def file_order(src: ResolvedSource, seed: int, epoch: int, shuffle: bool) -> lis
 
 def iter_documents(src: ResolvedSource, *, split: str, shard: int, shards: int, eval_fraction: float,
                    seed: int, shuffle: bool, cursor: Cursor = START, repeat: bool = True) -> Iterator[Item]:
-    """Documents of `split` ('train' | 'eval') owned by `shard`, from `cursor`, forever if `repeat`.
+    """Documents of `split` ('train' | 'eval' | 'all') owned by `shard`, from `cursor`, forever if `repeat`.
 
     Skipped rows are yielded as Items with a reason (first epoch only, so each bad row counts once).
     A whole epoch without a single document is a DataError: the source cannot feed this shard.
@@ -163,18 +163,19 @@ def iter_documents(src: ResolvedSource, *, split: str, shard: int, shards: int, 
             else:
                 rows = read_rows(src.path_of(rel), fmt, c.text_field, c.separator, row, offset)
             for r in rows:
-                before = [epoch, pos, r.row, r.offset, counter]
                 if r.problem is not None:
-                    if epoch == 0 and ordinal % shards == shard and split == "train":
-                        yield Item(before, [epoch, pos + 1, 0, -1, counter], rel, reason=r.problem, line=r.line)
+                    if epoch == 0 and ordinal % shards == shard and split != "eval":
+                        yield Item([epoch, pos, r.row, r.offset, counter], [epoch, pos + 1, 0, -1, counter], rel,
+                                   reason=r.problem, line=r.line)
                     continue
-                after = [epoch, pos, r.row + 1, r.end, counter + 1]
-                owned = counter % shards == shard
+                if counter % shards != shard:
+                    counter += 1
+                    continue
+                before = [epoch, pos, r.row, r.offset, counter]
                 counter += 1
-                if not owned:
-                    continue
+                after = [epoch, pos, r.row + 1, r.end, counter]
                 name = rel if whole else f"{rel or c.path}:{r.row}"
-                if is_eval(name, eval_fraction) != (split == "eval"):
+                if split != "all" and is_eval(name, eval_fraction) != (split == "eval"):
                     continue
                 if whole:
                     r = next(read_rows(src.path_of(rel), fmt))

@@ -1,0 +1,55 @@
+"""`cptrain tokenize RECIPE [key=value ...]`: write the memory-mapped token shards of a recipe's sources.
+
+Sources whose shard is already up to date (same tokenizer, settings and input files) are left alone
+unless --force is given. Train with `data.mode = "pretokenized"` afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cptrain.configtools import ConfigError
+
+
+def load_recipe_tokenizer(recipe: str, overrides: list[str]):
+    """(Config, HF tokenizer of the recipe's model.path)."""
+    from cptrain.config import load_config
+    from cptrain.models.hf import load_tokenizer
+
+    cfg = load_config(recipe, overrides)
+    if cfg.model.path is None:
+        raise ConfigError(f"{recipe}: model.path is not set; the data pipeline needs the model's tokenizer "
+                          "(an HF directory, .gguf file or builtin:smollm2-135m)")
+    return cfg, load_tokenizer(cfg.model.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cptrain tokenize", description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="path to a recipe .toml")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.cache_dir=/scratch/tok")
+    parser.add_argument("--force", action="store_true", help="rewrite shards that are up to date")
+    ns = parser.parse_args(argv)
+
+    from cptrain.data.shards import cache_dir, inputs_fingerprint, read_meta, write_token_shard
+    from cptrain.data.sources import resolve_source
+    from cptrain.data.tokenize import DocumentTokenizer
+
+    cfg, hf_tokenizer = load_recipe_tokenizer(ns.recipe, ns.overrides)
+    data = cfg.data
+    tokenizer = DocumentTokenizer(hf_tokenizer, data.add_bos, data.eos_token)
+    for i, source in enumerate(data.sources):
+        src = resolve_source(source, f"data.sources[{i}]")
+        meta = read_meta(data, src.name)
+        if meta and not ns.force and meta["fingerprint"] == inputs_fingerprint(src, tokenizer.fingerprint):
+            print(f"{src.name}: up to date in {cache_dir(data, src.name)} ({meta['stats']['tokens']:,} tokens)")
+            continue
+        start = time.perf_counter()
+        meta = write_token_shard(data, src, tokenizer)
+        stats, seconds = meta["stats"], time.perf_counter() - start
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(stats["skipped"].items())) or "none"
+        print(f"{src.name}: {stats['documents']:,} documents, {stats['tokens']:,} tokens in {seconds:.1f}s "
+              f"({stats['tokens'] / max(seconds, 1e-9):,.0f} tokens/s); skipped: {skipped} "
+              f"-> {cache_dir(data, src.name)}")
+    print('train from these shards with data.mode = "pretokenized"')
+    return 0
