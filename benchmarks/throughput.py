@@ -28,7 +28,7 @@ from cptrain.flops import flops_per_token, peak_bf16_flops
 from cptrain.models.presets import get_preset
 
 HF_LOOP = Path(__file__).resolve().parent / "peers" / "hf_loop.py"
-DEFAULT_RECIPE = harness.REPO / "recipes" / "bench-llama3.2-1b.toml"
+RECIPES = harness.REPO / "recipes"
 QUESTIONS = {
     1: {"shape": "llama3.2-1b", "seq_len": 8192, "budget_s": 500, "goal": 1.3,
         "title": "Q1: training throughput, llama3.2-1b shape, 1 GPU, batch 1 x 8192"},
@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--budget-s", type=float, help="wall-clock budget for all variants (default per question)")
-    p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="cptrain recipe")
+    p.add_argument("--recipe", type=Path, help="cptrain recipe (default: recipes/bench-<shape>.toml if it "
+                   "exists, else recipes/bench-llama3.2-1b.toml with model.preset set to the shape)")
     p.add_argument("--shape", help="another cptrain preset (smoke tests: debug)")
     p.add_argument("--seq-len", type=int, help="another sequence length")
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS, help="where the .md and .json go")
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = QUESTIONS[ns.question]
     ns.shape, ns.seq_len = ns.shape or spec["shape"], ns.seq_len or spec["seq_len"]
     ns.peers = set(ns.peers.split(","))
+    if ns.recipe is None:
+        own = RECIPES / f"bench-{ns.shape}.toml"
+        ns.recipe = own if own.exists() else RECIPES / "bench-llama3.2-1b.toml"
     budget = ns.budget_s or spec["budget_s"]
     question = f"throughput-q{ns.question}"
 
