@@ -37,7 +37,7 @@ def run(mlp: MLP, x: torch.Tensor, num_tiles: int, wrap=None):
 
 def assert_all_close(got, want):
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g is not None and w is not None
         torch.testing.assert_close(g, w, **TOL)
 

@@ -59,7 +59,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     importable, else PyTorch), "torch" or "triton". Gradients flow to hidden and weight through autograd;
     the graph cannot be backpropagated twice.
     """
-    if hidden.ndim != 2 or weight.ndim != 2 or labels.shape != hidden.shape[:1] or hidden.shape[1] != weight.shape[1]:
+    if (hidden.ndim != 2 or weight.ndim != 2 or labels.shape != hidden.shape[:1]
+            or hidden.shape[1] != weight.shape[1]):
         raise ValueError(f"linear_cross_entropy: expected hidden [N, H], weight [V, H], labels [N]; got "
                          f"{tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(labels.shape)}")
     if hidden.dtype != weight.dtype:
@@ -73,7 +74,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         raise ValueError(f"linear_cross_entropy: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
     use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and triton_available())
     if chunk_size is None:
-        chunk_size = default_chunk_size(weight.shape[0], 2 * hidden.element_size() if use_triton
+        chunk_size = default_chunk_size(weight.shape[0], hidden.element_size() if use_triton
                                         else _TORCH_PATH_BYTES_PER_LOGIT)
     if chunk_size < 1:
         raise ValueError(f"linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
@@ -98,8 +99,9 @@ def triton_available() -> bool:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, opts: _Options):
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, labels, opts, need_hidden, need_weight)
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, labels, opts, need_hidden,
+                                                         need_weight)
         ctx.grads = (grad_hidden, grad_weight)
         return loss
 

@@ -72,8 +72,8 @@ class _TiledMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, num_tiles: int, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.fn, ctx.num_tiles, ctx.params = fn, num_tiles, params
-        device_type = x.device.type
-        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        kind = x.device.type
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         ctx.save_for_backward(x)
         tokens = x.reshape(-1, x.shape[-1])
         out = None
@@ -97,10 +97,11 @@ class _TiledMLP(torch.autograd.Function):
         grad_tokens = grad_out.reshape(tokens.shape[0], -1)
         grad_x = torch.empty_like(tokens) if need_x else None
         sums: list[torch.Tensor | None] = [None] * len(params)
-        owned = [False] * len(params)  # a first tile's gradient may alias autograd's buffers: add out of place once
+        owned = [False] * len(params)  # tile 0's grad may alias autograd's buffers: add out of place once
         device_type, autocast_on, autocast_dtype = ctx.autocast
         start = 0
-        for tile, grad_tile in zip(tokens.tensor_split(ctx.num_tiles), grad_tokens.tensor_split(ctx.num_tiles)):
+        tiles = zip(tokens.tensor_split(ctx.num_tiles), grad_tokens.tensor_split(ctx.num_tiles), strict=True)
+        for tile, grad_tile in tiles:
             end = start + tile.shape[0]
             tile = tile.detach().requires_grad_(need_x)
             with torch.enable_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
@@ -120,6 +121,6 @@ class _TiledMLP(torch.autograd.Function):
                     sums[i], owned[i] = sums[i] + g, True
             start = end
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
-        for i, s in zip(wanted, sums):
+        for i, s in zip(wanted, sums, strict=True):
             param_grads[i] = s
         return None, None, grad_x.view_as(x) if need_x else None, *param_grads

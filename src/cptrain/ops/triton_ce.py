@@ -29,8 +29,8 @@ def _softcapped(x, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _row_stats_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, target_ptr, vocab_start, ignore_index, softcap,
-                      n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+def _row_stats_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, target_ptr, vocab_start, ignore_index,
+                      softcap, n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
     running_max = float("-inf")
@@ -54,8 +54,8 @@ def _row_stats_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, target_ptr, v
 
 
 @triton.jit
-def _logits_grad_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, coef_ptr, scale_ptr, vocab_start, softcap,
-                        n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+def _logits_grad_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, coef_ptr, scale_ptr, vocab_start,
+                        softcap, n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
     # d loss / d logit_v = coef * softmax_v - scale * [v == label], times the softcap's tanh' when capped;
     # coef folds the reduction scale and the z-loss term, both zero on ignored rows
     row = tl.program_id(0).to(tl.int64)
@@ -83,7 +83,8 @@ def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def row_stats(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, ignore_index: int,
-              softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+              softcap: float | None, block: int = _BLOCK,
+              num_warps: int = _NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row fp32 log-sum-exp of the (soft-capped) logits and the target's logit (0 where the target
     is ignored or outside this vocabulary slice)."""
     _check(logits, labels)
@@ -93,17 +94,18 @@ def row_stats(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, igno
     if rows:
         _row_stats_kernel[(rows,)](logits, logits.stride(0), labels, lse, target, vocab_start, ignore_index,
                                    float(softcap or 1.0), n_cols=n_cols, HAS_SOFTCAP=softcap is not None,
-                                   BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+                                   BLOCK=block, num_warps=num_warps)
     return lse, target
 
 
 def logits_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor,
-                 scale: torch.Tensor, vocab_start: int, softcap: float | None) -> torch.Tensor:
+                 scale: torch.Tensor, vocab_start: int, softcap: float | None, block: int = _BLOCK,
+                 num_warps: int = _NUM_WARPS) -> torch.Tensor:
     """Overwrite `logits` with the gradient of the loss with respect to them; returns `logits`."""
     _check(logits, labels)
     rows, n_cols = logits.shape
     if rows:
         _logits_grad_kernel[(rows,)](logits, logits.stride(0), labels, lse, coef, scale, vocab_start,
                                      float(softcap or 1.0), n_cols=n_cols, HAS_SOFTCAP=softcap is not None,
-                                     BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+                                     BLOCK=block, num_warps=num_warps)
     return logits
