@@ -3,10 +3,12 @@
     python3 benchmarks/kernels_tiled_mlp.py            # T in {128K, 512K} x {llama3.2-1b, llama3.1-8b} MLPs
 
 Variants per shape: untiled (cptrain's MLP as is), tiled with the `model.tiled_mlp = "auto"` tile count,
-tiled with a few fixed counts, and untiled / auto-tiled under activation checkpointing ("+ckpt", the
-setting long sequences train in, where untiled also recomputes its forward). "activation" memory is the
-peak during fwd+bwd minus what existed before (weights, the input and the incoming gradient); it
-includes the output, the input gradient and the weight gradients, which every variant makes. An untiled run that does not fit is reported as OOM.
+tiled with a few fixed counts, auto-tiled through the generic path (autograd recompute of the whole
+MLP; the default is the hand-written SwiGLU backward), and untiled / auto-tiled under activation
+checkpointing ("+ckpt", the setting long sequences train in, where untiled also recomputes its
+forward). "activation" memory is the peak during fwd+bwd minus what existed before (weights, the input
+and the incoming gradient); it includes the output, the input gradient and the weight gradients,
+which every variant makes. An untiled run that does not fit is reported as OOM.
 Writes benchmarks/results/<date>-<device>-kernels-tiled-mlp.md and .json (and into $OUT when set).
 """
 
@@ -27,16 +29,21 @@ from torch.utils.checkpoint import checkpoint
 
 from cptrain.models.decoder import MLP
 from cptrain.models.presets import ModelArgs
-from cptrain.ops.tiled_mlp import resolve_num_tiles
+from cptrain.ops.tiled_mlp import resolve_num_tiles, tiled_mlp
 
 GIB = 2**30
 SHAPES = {"llama3.2-1b": (2048, 8192), "llama3.1-8b": (4096, 14336)}
 
 
-def run_variant(mlp: MLP, x: torch.Tensor, grad: torch.Tensor, num_tiles: int, ckpt: bool, warmup: int,
+def run_variant(mlp: MLP, x: torch.Tensor, grad: torch.Tensor, variant: dict, warmup: int,
                 repeats: int) -> dict:
+    num_tiles, ckpt = variant["tiles"], variant["ckpt"]
     mlp.num_tiles = num_tiles
-    forward = (lambda t: checkpoint(mlp, t, use_reentrant=False)) if ckpt else mlp
+    layer = mlp
+    if variant["path"] == "generic":
+        def layer(t):
+            return tiled_mlp(mlp.swiglu, t, num_tiles, list(mlp.parameters()), fast_path=False)
+    forward = (lambda t: checkpoint(layer, t, use_reentrant=False)) if ckpt else layer
     times: list[float] = []
     peak = 0
     try:
@@ -56,15 +63,15 @@ def run_variant(mlp: MLP, x: torch.Tensor, grad: torch.Tensor, num_tiles: int, c
             if i >= warmup:
                 times.append(start.elapsed_time(end) / 1e3)
     except torch.OutOfMemoryError:
-        return {"tiles": num_tiles, "ckpt": ckpt, "status": "OOM"}
+        return {**variant, "status": "OOM"}
     finally:
         mlp.zero_grad(set_to_none=True)
         x.grad = None
         gc.collect()
         torch.cuda.empty_cache()
     times.sort()
-    return {"tiles": num_tiles, "ckpt": ckpt, "status": "ok", "seconds": times[len(times) // 2],
-            "activation_gib": peak / GIB, "total_peak_gib": (peak + base) / GIB}
+    return {**variant, "status": "ok", "seconds": times[len(times) // 2], "activation_gib": peak / GIB,
+            "total_peak_gib": (peak + base) / GIB}
 
 
 def main() -> None:
@@ -85,13 +92,14 @@ def main() -> None:
         for tokens in map(int, args.tokens.split(",")):
             auto = resolve_num_tiles("auto", tokens, dim, ffn, 1)
             fixed = sorted({int(t) for t in args.tiles.split(",")} - {1, auto})
-            variants = [(1, False), (auto, False)] + [(n, False) for n in fixed] + [(1, True), (auto, True)]
+            plan = [(1, False, "swiglu"), (auto, False, "swiglu"), (auto, False, "generic")]
+            plan += [(n, False, "swiglu") for n in fixed] + [(1, True, "swiglu"), (auto, True, "swiglu")]
+            variants = [{"tiles": n, "ckpt": c, "path": path} for n, c, path in plan]
             row = {"model": model, "tokens": tokens, "dim": dim, "ffn_dim": ffn, "auto_tiles": auto,
                    "variants": []}
             rows.append(row)
             if time.perf_counter() - t_start > args.budget_s:
-                row["variants"] = [{"tiles": n, "ckpt": c, "status": "skipped (time budget)"}
-                                   for n, c in variants]
+                row["variants"] = [{**v, "status": "skipped (time budget)"} for v in variants]
                 continue
             torch.manual_seed(0)
             mlp = MLP(ModelArgs(dim=dim, ffn_dim=ffn)).to(device="cuda", dtype=torch.bfloat16)
@@ -99,10 +107,10 @@ def main() -> None:
                 torch.nn.init.normal_(param, std=0.02)
             x = torch.randn(1, tokens, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
             grad = torch.randn_like(x) * 1e-3
-            for n, ckpt in variants:
-                result = run_variant(mlp, x, grad, n, ckpt, args.warmup, args.repeats)
+            for variant in variants:
+                result = run_variant(mlp, x, grad, variant, args.warmup, args.repeats)
                 row["variants"].append(result)
-                print(f"{model} T={tokens} tiles={n} ckpt={ckpt}: {result}", flush=True)
+                print(f"{model} T={tokens}: {result}", flush=True)
             del mlp, x, grad
             torch.cuda.empty_cache()
             write(rows, info, command)  # after every shape: a killed run keeps its rows
@@ -118,6 +126,7 @@ def write(rows: list[dict], info: dict, command: str) -> None:
             untiled = next((u for u in row["variants"] if u["tiles"] == 1 and u["ckpt"] == v["ckpt"]), {})
             label = "untiled" if v["tiles"] == 1 else f"{v['tiles']}"
             label += " (auto)" if v["tiles"] == row["auto_tiles"] and v["tiles"] > 1 else ""
+            label += " generic" if v["path"] == "generic" and v["tiles"] > 1 else ""
             label += " +ckpt" if v["ckpt"] else ""
             ok, base_ok = v.get("status") == "ok", untiled.get("status") == "ok"
             body.append([f"{row['model']} ({row['dim']}/{row['ffn_dim']})", str(row["tokens"]), label,

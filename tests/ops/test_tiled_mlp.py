@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cptrain.models.decoder import MLP
 from cptrain.models.presets import ModelArgs
-from cptrain.ops.tiled_mlp import resolve_num_tiles
+from cptrain.ops.tiled_mlp import _plain_swiglu_weights, resolve_num_tiles, tiled_mlp
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -24,12 +24,15 @@ def make_mlp(dim=16, ffn=40, seed=0) -> MLP:
     return mlp
 
 
-def run(mlp: MLP, x: torch.Tensor, num_tiles: int, wrap=None):
-    """Output, d(x) and d(params) of sum(mlp(x) * fixed weights), with the MLP tiled `num_tiles` ways."""
+def run(mlp: MLP, x: torch.Tensor, num_tiles: int, wrap=None, fast_path: bool = True):
+    """Output, d(x) and d(params) of sum(mlp(x) * fixed weights), with the MLP tiled `num_tiles` ways;
+    `wrap(layer, x)` calls the layer (to put it under checkpoint, compile, ...)."""
     mlp.num_tiles = num_tiles
     mlp.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()
-    out = (wrap or (lambda f, t: f(t)))(mlp, x)
+    layer = mlp if fast_path else (lambda t: tiled_mlp(mlp.swiglu, t, num_tiles, list(mlp.parameters()),
+                                                       fast_path=False))
+    out = (wrap or (lambda f, t: f(t)))(layer, x)
     probe = torch.linspace(-1, 1, out.numel()).view_as(out)
     (out * probe).sum().backward()
     return [out.detach(), x.grad] + [p.grad for p in mlp.parameters()]
@@ -42,27 +45,42 @@ def assert_all_close(got, want):
         torch.testing.assert_close(g, w, **TOL)
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["swiglu", "generic"])
 @pytest.mark.parametrize("num_tiles", [2, 3, 7, 26])
-def test_matches_untiled_including_grads(num_tiles):
+def test_matches_untiled_including_grads(num_tiles, fast_path):
     mlp, x = make_mlp(), torch.randn(2, 13, 16)  # 26 tokens: most tile counts split unevenly
-    assert_all_close(run(mlp, x, num_tiles), run(mlp, x, 1))
+    assert_all_close(run(mlp, x, num_tiles, fast_path=fast_path), run(mlp, x, 1))
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["swiglu", "generic"])
 @pytest.mark.parametrize("use_reentrant", [False, True])
-def test_under_activation_checkpointing(use_reentrant):
+def test_under_activation_checkpointing(use_reentrant, fast_path):
     mlp, x = make_mlp(), torch.randn(1, 19, 16)
 
-    def block(module, t):
-        return t + checkpoint(lambda u: module(torch.tanh(u)), t, use_reentrant=use_reentrant)
+    def block(layer, t):
+        return t + checkpoint(lambda u: layer(torch.tanh(u)), t, use_reentrant=use_reentrant)
 
-    assert_all_close(run(mlp, x, 4, block), run(mlp, x, 1, block))
+    assert_all_close(run(mlp, x, 4, block, fast_path), run(mlp, x, 1, block))
+
+
+def test_fast_path_only_for_a_plain_swiglu():
+    mlp, x = make_mlp(), torch.randn(1, 4, 16)
+    params = list(mlp.parameters())
+    assert _plain_swiglu_weights(mlp.swiglu, params, x) is not None
+    assert _plain_swiglu_weights(lambda t: mlp.swiglu(t), params, x) is None  # not the known formula
+    assert _plain_swiglu_weights(mlp.swiglu, params[:2], x) is None
+    handle = mlp.up_proj.register_forward_hook(lambda m, i, o: o * 2)  # e.g. what TP or FP8 would install
+    assert _plain_swiglu_weights(mlp.swiglu, params, x) is None
+    mlp.num_tiles = 3
+    torch.testing.assert_close(mlp(x), (mlp.swiglu(x)), **TOL)  # the generic path honours the hook
+    handle.remove()
 
 
 def test_under_torch_compile():
     mlp, x = make_mlp(), torch.randn(2, 9, 16)
     torch._dynamo.reset()
-    compiled = torch.compile(lambda module, t: module(t * 2.0) + t, backend="aot_eager", fullgraph=False)
-    assert_all_close(run(mlp, x, 3, compiled), run(mlp, x, 1, lambda m, t: m(t * 2.0) + t))
+    compiled = torch.compile(lambda layer, t: layer(t * 2.0) + t, backend="aot_eager", fullgraph=False)
+    assert_all_close(run(mlp, x, 3, compiled), run(mlp, x, 1, lambda f, t: f(t * 2.0) + t))
 
 
 def test_frozen_parameter_and_grad_accumulation():
@@ -109,9 +127,12 @@ def _fsdp_worker(rank: int, world: int, port: int) -> None:
         want = run(make_mlp(), x, 1)
         mlp = make_mlp()
         fully_shard(mlp, mesh=init_device_mesh("cpu", (world,)))
-        got = run(mlp, x, 3, lambda m, t: checkpoint(m, t, use_reentrant=False))
-        got = got[:2] + [g.full_tensor() for g in got[2:]]  # sharded DTensor grads -> whole
-        assert_all_close(got, want)
+        for path in ("swiglu", "generic"):
+            if path == "generic":  # a hook on a Linear is what sends the MLP down the generic path
+                mlp.gate_proj.register_forward_hook(lambda module, args, out: None)
+            got = run(mlp, x, 3, lambda f, t: checkpoint(f, t, use_reentrant=False))
+            got = got[:2] + [g.full_tensor() for g in got[2:]]  # sharded DTensor grads -> whole
+            assert_all_close(got, want)
     finally:
         dist.destroy_process_group()
 
