@@ -67,13 +67,18 @@ def _eval_streams(cfg: DataConfig, doc_tokenizer: DocumentTokenizer) -> list[Ite
         for i, source in enumerate(cfg.sources):
             src = resolve_source(source, f"data.sources[{i}]")
             meta = check_cache(cfg, src, doc_tokenizer, f"data.sources[{i}]")
-            shard = TokenShard(cache_dir(cfg, src.name), meta["dtype"])
-            streams.append(shard.document(int(d)) for d in shard.split(cfg.eval_fraction, "eval"))
+            streams.append(_shard_documents(TokenShard(cache_dir(cfg, src.name), meta["dtype"]),
+                                            cfg.eval_fraction))
         return streams
     return [(doc_tokenizer.encode([it.text])[0]
              for it in iter_documents(src, split="eval", shard=0, shards=1, eval_fraction=cfg.eval_fraction,
                                       seed=cfg.seed, shuffle=False, repeat=False) if it.text is not None)
             for src in resolve_sources(cfg)]
+
+
+def _shard_documents(shard, eval_fraction: float) -> Iterator[np.ndarray]:
+    for d in shard.split(eval_fraction, "eval"):
+        yield shard.document(int(d))
 
 
 def eval_documents(cfg: DataConfig, doc_tokenizer: DocumentTokenizer, max_tokens: int) -> list[np.ndarray]:

@@ -8,10 +8,9 @@ a data-parallel rank can walk past the rows it does not own cheaply.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import io
 import json
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,23 +82,43 @@ def _txt_rows(path: Path, separator: str, start_row: int) -> Iterator[Row]:
         line += piece.count("\n") + separator.count("\n")
 
 
-def _open_lines(path: Path, fmt: str) -> io.BufferedIOBase:
-    if fmt == "jsonl.gz":
-        return gzip.open(path, "rb")
-    if fmt == "jsonl.zst":
-        try:
-            import zstandard
-        except ImportError:
-            raise ConfigError(f"{path}: reading .zst files needs zstandard: pip install 'cptrain[data]' "
-                              "(or pip install zstandard)") from None
-        raw = path.open("rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return path.open("rb")
+def _zstd_lines(path: Path) -> Iterator[bytes]:
+    """Lines of a .zst file (any number of frames); a stream that stops inside a frame raises EOFError.
+
+    zstandard's stream reader returns a short read, not an error, for a cut-off file, so frames are
+    decompressed by hand and checked for their end."""
+    try:
+        import zstandard
+    except ImportError:
+        raise ConfigError(f"{path}: reading .zst files needs zstandard: pip install 'cptrain[data]' "
+                          "(or pip install zstandard)") from None
+    dctx = zstandard.ZstdDecompressor()
+    pending, obj, in_frame = b"", dctx.decompressobj(), False
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            while chunk:
+                in_frame = True
+                data = obj.decompress(chunk)
+                chunk = b""
+                if obj.eof:  # a frame ended; the rest of the chunk starts the next one
+                    chunk, obj, in_frame = obj.unused_data, dctx.decompressobj(), False
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                yield from (line + b"\n" for line in lines)
+    if in_frame:
+        raise EOFError("zstd stream ended inside a frame")
+    if pending:
+        yield pending
 
 
 def _line_rows(path: Path, fmt: str, start_row: int, start_offset: int) -> Iterator[Row]:
     plain = fmt == "jsonl"
-    with _open_lines(path, fmt) as f:
+    with contextlib.ExitStack() as stack:
+        if fmt == "jsonl.zst":
+            lines = _zstd_lines(path)
+        else:
+            f = stack.enter_context(gzip.open(path, "rb") if fmt == "jsonl.gz" else path.open("rb"))
+            lines = iter(f.readline, b"")
         row = 0
         if plain and start_offset >= 0:
             f.seek(start_offset)
@@ -107,11 +126,8 @@ def _line_rows(path: Path, fmt: str, start_row: int, start_offset: int) -> Itera
         offset = start_offset if plain and start_offset >= 0 else 0
         while True:
             try:
-                line = f.readline()
-            except (EOFError, OSError, zlib.error) as e:
-                yield Row(row, row + 1, -1, None, f"truncated_file: {type(e).__name__}: {e}")
-                return
-            except Exception as e:  # zstandard.ZstdError and friends: a corrupt or cut-off stream
+                line = next(lines, b"")
+            except Exception as e:  # EOFError, zlib.error, ZstdError...: a cut-off or corrupt stream
                 yield Row(row, row + 1, -1, None, f"truncated_file: {type(e).__name__}: {e}")
                 return
             if not line:
