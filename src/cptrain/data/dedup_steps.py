@@ -1,0 +1,206 @@
+"""datatrove pipeline steps cptrain adds around datatrove's own dedup and filter blocks.
+
+- `CorpusReader` reads the user's files (jsonl[.gz|.zst], parquet) and skips a damaged file with a
+  count instead of failing the task.
+- `ShardReader` reads back exactly the intermediate shard a task wrote in the previous stage: the
+  datatrove dedup filters identify documents by (task rank, index in the task's stream), so every
+  stage must see the same documents in the same order as the one that computed the signatures.
+- `Tally` counts documents and UTF-8 bytes at a point of the pipeline, for the report.
+
+Everything here is imported by datatrove workers (local processes or SLURM nodes) by reference,
+so it must stay importable with only the `dedup` extra installed.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.readers.base import BaseReader
+from datatrove.utils.logging import logger
+
+# errors that mean "this file is damaged", as opposed to a bug in the pipeline
+_DAMAGED = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError)
+
+
+def input_format(path: str, fmt: str) -> str:
+    """'jsonl' or 'parquet' for one input file; `fmt` is the config's input.format."""
+    if fmt != "auto":
+        return fmt
+    return "parquet" if path.endswith(".parquet") else "jsonl"
+
+
+class CorpusReader(BaseReader):
+    """Reads this task's share of the input files listed in `paths_file` (one absolute path a line)."""
+
+    name = "📖 cptrain corpus reader"
+
+    def __init__(self, paths_file: str, fmt: str, text_field: str, id_field: str, problems_dir: str):
+        super().__init__(text_key=text_field, id_key=id_field)
+        self.paths_file = paths_file
+        self.fmt = fmt
+        self.problems_dir = problems_dir
+
+    def _rows(self, path: str) -> Iterator[dict]:
+        if input_format(path, self.fmt) == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                yield from batch.to_pylist()
+            return
+        import fsspec
+        import orjson
+
+        with fsspec.open(path, "rb", compression="infer") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    self.stat_update("bad_json_lines")
+                    continue
+                if isinstance(row, dict):
+                    yield row
+                else:
+                    self.stat_update("bad_json_lines")
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        with open(self.paths_file, encoding="utf-8") as f:
+            paths = [line.rstrip("\n") for line in f if line.strip()]
+        problems = []
+        for path in paths[rank::world_size]:
+            self.stat_update("input_files")
+            n = 0
+            try:
+                for n, row in enumerate(self._rows(path), 1):
+                    with self.track_time():
+                        doc = self.get_document_from_dict(row, path, n - 1)
+                    if doc is None:
+                        self.stat_update("documents_without_text")
+                        continue
+                    self.update_doc_stats(doc)
+                    yield doc
+            except _DAMAGED as e:
+                # keep what was read before the damage; count the file, name it in the report
+                self.stat_update("damaged_files")
+                problems.append({"file": path, "rows_read": n, "error": f"{type(e).__name__}: {e}"})
+                logger.warning(f"skipping the rest of damaged input file {path} after {n} rows: {e}")
+        if problems:
+            out = Path(self.problems_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{rank:05d}.json").write_text(json.dumps(problems, indent=1))
+
+    def _default_adapter(self, data: dict, path: str, id_in_file: int | str) -> dict:
+        text = data.pop(self.text_key, "")
+        doc_id = data.pop(self.id_key, None)
+        return {
+            "text": text if isinstance(text, str) else "",
+            "id": str(doc_id) if doc_id is not None else f"{path}:{id_in_file}",
+            "metadata": data,
+        }
+
+
+class ShardReader(BaseReader):
+    """Reads `<folder>/<rank>.jsonl`, the intermediate shard this task's rank wrote one stage earlier."""
+
+    name = "📖 cptrain shard reader"
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import orjson
+
+        path = Path(self.folder) / f"{rank:05d}.jsonl"
+        if not path.exists():  # an earlier stage kept no documents for this rank
+            return
+        with path.open("rb") as f:
+            for line in f:
+                row = orjson.loads(line)
+                doc = Document(text=row["text"], id=row["id"], metadata=row.get("metadata") or {})
+                self.update_doc_stats(doc)
+                yield doc
+
+
+class Tally(PipelineStep):
+    """Counts documents and UTF-8 bytes passing this point; the report reads them from datatrove's stats."""
+
+    type = "📊 - TALLY"
+
+    def __init__(self, label: str):
+        self.name = f"tally {label}"
+        super().__init__()
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            self.stat_update("documents")
+            self.stat_update("bytes", value=len(doc.text.encode("utf-8")))
+            yield doc
+
+
+class LengthFilter(BaseFilter):
+    """Drops documents outside [min_chars, max_chars]; 0 turns a bound off."""
+
+    name = "📏 length"
+
+    def __init__(self, min_chars: int, max_chars: int, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if self.min_chars and len(doc.text) < self.min_chars:
+            return False, "too_short"
+        if self.max_chars and len(doc.text) > self.max_chars:
+            return False, "too_long"
+        return True
+
+
+# --- what the exact-dedup stage hashes (module-level so SLURM workers can unpickle them) ---------
+
+
+def text_as_is(doc: Document) -> str:
+    return doc.text
+
+
+def text_whitespace_normalized(doc: Document) -> str:
+    """NFKC, then every run of whitespace becomes one space: re-wrapped or re-indented copies match."""
+    return " ".join(unicodedata.normalize("NFKC", doc.text).split())
+
+
+def text_simplified(doc: Document) -> str:
+    """datatrove's MinHash normalization: lowercase, no punctuation, digits as 0, no accents."""
+    from datatrove.utils.text import TextNormConfig, simplify_text
+
+    return simplify_text(doc.text, TextNormConfig())
+
+
+CONTENT_GETTERS = {"none": text_as_is, "whitespace": text_whitespace_normalized, "simplify": text_simplified}
+
+
+# --- what the output shards hold -----------------------------------------------------------------
+
+# bookkeeping datatrove adds to kept documents; not part of the user's rows
+_ADDED_FIELDS = ("duplicate_count",)
+
+
+def _fields(doc: Document) -> dict:
+    return {k: v for k, v in doc.metadata.items() if k not in _ADDED_FIELDS}
+
+
+def output_row(writer, doc: Document) -> dict:
+    """`text` and `id` plus the input's other fields, flat: the data pipeline reads `text` directly."""
+    return {**_fields(doc), "id": doc.id, "text": doc.text}
+
+
+def parquet_row(writer, doc: Document) -> dict:
+    """Fixed columns for parquet (a schema cannot follow per-row fields): text, id, other fields as JSON."""
+    return {"text": doc.text, "id": doc.id, "metadata": json.dumps(_fields(doc), ensure_ascii=False)}
