@@ -24,14 +24,14 @@ path = "{smollm_tokenizer.name_or_path}"
 seq_len = 48
 micro_batch_size = 2
 [data]
-cache_dir = "{tmp_path / 'cache'}"
+cache_dir = "{tmp_path / "cache"}"
 eval_fraction = 0.15
 [[data.sources]]
 name = "web"
-path = "{tmp_path / 'raw' / 'web.jsonl'}"
+path = "{tmp_path / "raw" / "web.jsonl"}"
 weight = 2
 [[data.sources]]
 name = "notes"
-path = "{tmp_path / 'raw' / 'notes'}"
+path = "{tmp_path / "raw" / "notes"}"
 """)
     return path, web + notes

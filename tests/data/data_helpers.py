@@ -7,8 +7,32 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma "
-         "tau upsilon phi chi psi omega").split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+    "tau",
+    "upsilon",
+    "phi",
+    "chi",
+    "psi",
+    "omega",
+]
 
 
 def doc_text(source: str, i: int, words: int = 12) -> str:
@@ -35,7 +59,7 @@ def split_documents(stream: torch.Tensor, eos_id: int) -> list[tuple[int, ...]]:
     ends = (stream == eos_id).nonzero().flatten().tolist()
     docs, start = [], 0
     for end in ends:
-        docs.append(tuple(stream[start:end + 1].tolist()))
+        docs.append(tuple(stream[start : end + 1].tolist()))
         start = end + 1
     return docs
 
@@ -56,10 +80,17 @@ def two_sources(tmp_path: Path, short_docs: int = 300, long_docs: int = 100) -> 
     """A source of short documents and one of documents ~6x longer, so token and document shares differ."""
     short = [doc_text("short", i, words=10) for i in range(short_docs)]
     long = [doc_text("long", i, words=90) for i in range(long_docs)]
-    return write_jsonl(tmp_path / "short.jsonl", short), write_jsonl(tmp_path / "long.jsonl", long), short, long
+    return (
+        write_jsonl(tmp_path / "short.jsonl", short),
+        write_jsonl(tmp_path / "long.jsonl", long),
+        short,
+        long,
+    )
 
 
-def docs_by_source(stream_docs: list[tuple], tokenizer, sources: dict[str, list[str]]) -> dict[str, list[tuple]]:
+def docs_by_source(
+    stream_docs: list[tuple], tokenizer, sources: dict[str, list[str]]
+) -> dict[str, list[tuple]]:
     """Assign each decoded document of a stream to the source whose text it encodes."""
     owner = {encode_doc(tokenizer, t): name for name, texts in sources.items() for t in texts}
     out: dict[str, list[tuple]] = {name: [] for name in sources}

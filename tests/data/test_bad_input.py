@@ -26,22 +26,29 @@ def messy(tmp_path):
     d = tmp_path / "messy"
     d.mkdir()
     (d / "good.jsonl").write_bytes(_jsonl(GOOD[:4]))
-    (d / "bad.jsonl").write_bytes(b"\n".join([
-        json.dumps({"text": GOOD[4]}).encode(),
-        b'{"text": "unterminated',                      # line 2: invalid_json
-        b'{"text": "caf\xe9 latin-1"}',                  # line 3: invalid_utf8
-        b'{"text": ""}',                                 # line 4: empty_text
-        b'{"title": "no text field"}',                   # line 5: missing_field
-        b'{"text": 42}',                                 # line 6: non_string_text
-        json.dumps({"text": "nul \x00 byte"}).encode(),  # line 7: nul_bytes
-        b'["not", "an", "object"]',                      # line 8: invalid_json
-        b"",                                             # line 9: blank_line
-        b'{"text": "   \\n  "}',                         # line 10: empty_text (whitespace only)
-        json.dumps({"text": GOOD[5]}).encode(),
-    ]) + b"\n")
+    (d / "bad.jsonl").write_bytes(
+        b"\n".join(
+            [
+                json.dumps({"text": GOOD[4]}).encode(),
+                b'{"text": "unterminated',  # line 2: invalid_json
+                b'{"text": "caf\xe9 latin-1"}',  # line 3: invalid_utf8
+                b'{"text": ""}',  # line 4: empty_text
+                b'{"title": "no text field"}',  # line 5: missing_field
+                b'{"text": 42}',  # line 6: non_string_text
+                json.dumps({"text": "nul \x00 byte"}).encode(),  # line 7: nul_bytes
+                b'["not", "an", "object"]',  # line 8: invalid_json
+                b"",  # line 9: blank_line
+                b'{"text": "   \\n  "}',  # line 10: empty_text (whitespace only)
+                json.dumps({"text": GOOD[5]}).encode(),
+            ]
+        )
+        + b"\n"
+    )
     (d / "cut.jsonl.gz").write_bytes(gzip.compress(_jsonl(GOOD[6:9] * 40))[:-12])
     zst = zstandard.ZstdCompressor()
-    (d / "cut.jsonl.zst").write_bytes(zst.compress(_jsonl(GOOD[9:10])) + zst.compress(_jsonl(GOOD[10:11]))[:-5])
+    (d / "cut.jsonl.zst").write_bytes(
+        zst.compress(_jsonl(GOOD[9:10])) + zst.compress(_jsonl(GOOD[10:11]))[:-5]
+    )
     (d / "empty.jsonl").write_bytes(b"")
     (d / "latin1.txt").write_bytes(b"line one\nline two\nbroken \xff here\n")
     (d / "empty.txt").write_bytes(b"")
@@ -53,8 +60,12 @@ def test_every_kind_of_bad_input_is_skipped_and_counted_once(messy, smollm_token
     cfg = data_config([{"name": "messy", "path": str(messy)}], eval_fraction=0.0)
     reports, docs = [], set()
     for rank in range(2):  # accounting is exactly once across ranks, like the documents
-        loader = build_train_loader(cfg, smollm_tokenizer, seq_len=64, micro_batch_size=2, dp_rank=rank, dp_size=2)
-        docs |= set(split_documents(input_stream([next(loader) for _ in range(40)]), smollm_tokenizer.eos_token_id))
+        loader = build_train_loader(
+            cfg, smollm_tokenizer, seq_len=64, micro_batch_size=2, dp_rank=rank, dp_size=2
+        )
+        docs |= set(
+            split_documents(input_stream([next(loader) for _ in range(40)]), smollm_tokenizer.eos_token_id)
+        )
         reports.append(loader.report()["sources"]["messy"])
     skipped: dict[str, int] = {}
     files: dict[str, dict] = {}
@@ -64,15 +75,36 @@ def test_every_kind_of_bad_input_is_skipped_and_counted_once(messy, smollm_token
         for f, kinds in r["problem_files"].items():
             for k, v in kinds.items():
                 files.setdefault(f, {})[k] = v
-    assert skipped == {"invalid_json": 2, "invalid_utf8": 2, "empty_text": 2, "missing_field": 1,
-                       "non_string_text": 1, "nul_bytes": 1, "blank_line": 1, "truncated_file": 2,
-                       "empty_file": 2}
+    assert skipped == {
+        "invalid_json": 2,
+        "invalid_utf8": 2,
+        "empty_text": 2,
+        "missing_field": 1,
+        "non_string_text": 1,
+        "nul_bytes": 1,
+        "blank_line": 1,
+        "truncated_file": 2,
+        "empty_file": 2,
+    }
     assert {k: v["first_line"] for k, v in files["bad.jsonl"].items()} == {
-        "invalid_json": 2, "invalid_utf8": 3, "empty_text": 4, "missing_field": 5, "non_string_text": 6,
-        "nul_bytes": 7, "blank_line": 9}
+        "invalid_json": 2,
+        "invalid_utf8": 3,
+        "empty_text": 4,
+        "missing_field": 5,
+        "non_string_text": 6,
+        "nul_bytes": 7,
+        "blank_line": 9,
+    }
     assert files["bad.jsonl"]["invalid_json"]["count"] == 2
     assert files["latin1.txt"] == {"invalid_utf8": {"count": 1, "first_line": 3}}
-    assert set(files) == {"bad.jsonl", "cut.jsonl.gz", "cut.jsonl.zst", "empty.jsonl", "latin1.txt", "empty.txt"}
+    assert set(files) == {
+        "bad.jsonl",
+        "cut.jsonl.gz",
+        "cut.jsonl.zst",
+        "empty.jsonl",
+        "latin1.txt",
+        "empty.txt",
+    }
     # every good document made it, including those before the cut in the truncated files
     # (GOOD[10] sat in the zst frame that was cut off)
     assert {encode_doc(smollm_tokenizer, t) for t in GOOD if t != GOOD[10]} <= docs
@@ -100,7 +132,9 @@ def test_missing_text_field_in_every_row_is_fatal_and_suggests_the_field(tmp_pat
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps({"content": t}) + "\n" for t in GOOD))
     cfg = data_config([{"path": str(path)}])
-    with pytest.raises(DataError, match=r"missing_field: 12.*\['content'\].*did you mean 'content'.*text_field"):
+    with pytest.raises(
+        DataError, match=r"missing_field: 12.*\['content'\].*did you mean 'content'.*text_field"
+    ):
         build_train_loader(cfg, smollm_tokenizer, seq_len=32, micro_batch_size=1)
 
 

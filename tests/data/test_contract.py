@@ -7,8 +7,14 @@ import torch
 
 from cptrain.data import build_eval_batches, build_train_loader
 from cptrain.data.sources import is_eval
-
-from tests.data.data_helpers import data_config, doc_text, encode_doc, input_stream, split_documents, write_jsonl
+from tests.data.data_helpers import (
+    data_config,
+    doc_text,
+    encode_doc,
+    input_stream,
+    split_documents,
+    write_jsonl,
+)
 
 SEQ, BATCH = 48, 2
 
@@ -26,8 +32,11 @@ def test_batch_fields_follow_the_contract(corpus, smollm_tokenizer):
     for _ in range(6):
         b = next(loader)
         assert {k: (tuple(v.shape), v.dtype) for k, v in b.items()} == {
-            "input_ids": ((BATCH, SEQ), torch.int64), "labels": ((BATCH, SEQ), torch.int64),
-            "position_ids": ((BATCH, SEQ), torch.int64), "document_ids": ((BATCH, SEQ), torch.int32)}
+            "input_ids": ((BATCH, SEQ), torch.int64),
+            "labels": ((BATCH, SEQ), torch.int64),
+            "position_ids": ((BATCH, SEQ), torch.int64),
+            "document_ids": ((BATCH, SEQ), torch.int32),
+        }
         ids, labels, pos, docs = b["input_ids"], b["labels"], b["position_ids"], b["document_ids"]
         eos = smollm_tokenizer.eos_token_id
         for r in range(BATCH):
@@ -61,10 +70,11 @@ def test_dp_ranks_get_disjoint_documents_covering_the_epoch(corpus, smollm_token
     assert 0 < len(eval_texts) < len(texts)
     seen = []
     for rank in range(3):
-        loader = build_train_loader(cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=rank,
-                                    dp_size=3)
+        loader = build_train_loader(
+            cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=rank, dp_size=3
+        )
         docs = split_documents(input_stream([next(loader) for _ in range(12)]), smollm_tokenizer.eos_token_id)
-        first_epoch = docs[:next(i for i, d in enumerate(docs) if d in docs[:i])]
+        first_epoch = docs[: next(i for i, d in enumerate(docs) if d in docs[:i])]
         seen.append(set(first_epoch))
     assert sum(len(s) for s in seen) == len(set().union(*seen))  # disjoint
     expected = {encode_doc(smollm_tokenizer, t) for t in texts if t not in eval_texts}
@@ -74,12 +84,16 @@ def test_dp_ranks_get_disjoint_documents_covering_the_epoch(corpus, smollm_token
 def test_resume_continues_bitwise(corpus, smollm_tokenizer):
     path, _ = corpus
     cfg = data_config([{"path": str(path)}])
-    loader = build_train_loader(cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=1, dp_size=2)
+    loader = build_train_loader(
+        cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=1, dp_size=2
+    )
     for _ in range(7):
         next(loader)
     state = loader.state_dict()
     after = [next(loader) for _ in range(10)]
-    again = build_train_loader(cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=1, dp_size=2)
+    again = build_train_loader(
+        cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=1, dp_size=2
+    )
     again.load_state_dict(state)
     for a, b in zip(after, [next(again) for _ in range(10)]):
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -99,7 +113,9 @@ def test_eval_batches_are_held_out_fixed_and_padded_only_at_the_end(corpus, smol
     if real.all() and last != -100:  # the stream's last token sits only in the last row's labels
         stream = torch.cat([stream, last.view(1)])
     docs = split_documents(stream, smollm_tokenizer.eos_token_id)
-    held_out = {encode_doc(smollm_tokenizer, t) for i, t in enumerate(texts) if is_eval(f"web.jsonl:{i}", 0.2)}
+    held_out = {
+        encode_doc(smollm_tokenizer, t) for i, t in enumerate(texts) if is_eval(f"web.jsonl:{i}", 0.2)
+    }
     assert set(docs) == held_out  # every held-out document, nothing else (all fit in 50 batches)
     pad = torch.cat([b["document_ids"].flatten() for b in evals]) < 0
     assert not pad[: int(pad.long().argmax())].any() if pad.any() else True

@@ -33,11 +33,15 @@ def _write(tmp_path, kind: str) -> dict:
         return {"path": str(tmp_path / "a.jsonl.gz")}
     if kind == "jsonl.zst":
         z = zstandard.ZstdCompressor()
-        (tmp_path / "a.jsonl.zst").write_bytes(z.compress(_jsonl_bytes(TEXTS[:11])) + z.compress(_jsonl_bytes(TEXTS[11:])))
+        (tmp_path / "a.jsonl.zst").write_bytes(
+            z.compress(_jsonl_bytes(TEXTS[:11])) + z.compress(_jsonl_bytes(TEXTS[11:]))
+        )
         return {"path": str(tmp_path / "a.jsonl.zst")}
     if kind == "parquet":
         table = pa.table({"id": list(range(30)), "content": TEXTS})
-        pq.write_table(table, tmp_path / "a.parquet", row_group_size=7)  # several row groups to skip on resume
+        pq.write_table(
+            table, tmp_path / "a.parquet", row_group_size=7
+        )  # several row groups to skip on resume
         return {"path": str(tmp_path), "text_field": "content"}
     if kind == "txt-separator":
         (tmp_path / "sub").mkdir()
@@ -56,12 +60,13 @@ def _write(tmp_path, kind: str) -> dict:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt-separator", "txt-files",
-                                  "datasets"])
+@pytest.mark.parametrize(
+    "kind", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt-separator", "txt-files", "datasets"]
+)
 def test_format_yields_its_documents_and_resumes(tmp_path, kind, smollm_tokenizer, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     cfg = data_config([_write(tmp_path, kind)], eval_fraction=0.0, shuffle_files=False)
-    kw = dict(seq_len=40, micro_batch_size=2)
+    kw = {"seq_len": 40, "micro_batch_size": 2}
     loader = build_train_loader(cfg, smollm_tokenizer, **kw)
     batches = [next(loader) for _ in range(8)]
     state = loader.state_dict()

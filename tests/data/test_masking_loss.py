@@ -20,7 +20,7 @@ def _pieces(batch: dict, row: int) -> list[torch.Tensor]:
         if t == len(ids) or docs[t] != docs[start]:
             seg = ids[start:t]
             if labels[t - 1] != -100:  # the document goes on: its next token is this piece's last label
-                seg = torch.cat([seg, labels[t - 1:t]])
+                seg = torch.cat([seg, labels[t - 1 : t]])
             out.append(seg)
             start = t
     return out
@@ -38,8 +38,12 @@ def test_packed_loss_equals_sum_of_separate_document_losses(tmp_path, smollm_tok
     model.eval()
     with torch.no_grad():
         packed = model(batch["input_ids"], batch["position_ids"], batch["document_ids"], batch["labels"])
-        separate = sum(model(seg[None, :-1], labels=seg[None, 1:]) for r in range(2) for seg in _pieces(batch, r)
-                       if len(seg) > 1)
+        separate = sum(
+            model(seg[None, :-1], labels=seg[None, 1:])
+            for r in range(2)
+            for seg in _pieces(batch, r)
+            if len(seg) > 1
+        )
         unmasked = model(batch["input_ids"], None, None, batch["labels"])
     torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-3)
     # the comparison has teeth: attending across documents changes the loss

@@ -15,8 +15,13 @@ def _same(a: list[dict], b: list[dict]) -> bool:
 
 def _cfg(tmp_path, **kw):
     short_path, long_path, _, _ = two_sources(tmp_path, short_docs=40, long_docs=12)
-    return data_config([{"name": "short", "path": str(short_path), "weight": 2},
-                        {"name": "long", "path": str(long_path), "weight": 1}], **kw)
+    return data_config(
+        [
+            {"name": "short", "path": str(short_path), "weight": 2},
+            {"name": "long", "path": str(long_path), "weight": 1},
+        ],
+        **kw,
+    )
 
 
 def _check_resume(cfg, tokenizer, skip: int, more: int, **kw) -> dict:
@@ -37,7 +42,7 @@ def test_resume_mid_document_and_across_epochs(tmp_path, smollm_tokenizer):
     cfg = _cfg(tmp_path)
     # 30-token rows cut most documents; 60 batches x 2 rows run over more than one epoch of each source
     state = _check_resume(cfg, smollm_tokenizer, 61, 45, seq_len=30, micro_batch_size=2, dp_rank=1, dp_size=2)
-    source, _, offset = state["shards"][0]["current"]
+    _, _, offset = state["shards"][0]["current"]
     assert offset > 0  # saved in the middle of a document
     assert state["shards"][0]["sources"][1]["cursor"][0] >= 1  # ... and after an epoch wrapped
 
@@ -70,7 +75,9 @@ def test_changed_data_config_is_an_error_naming_the_change(tmp_path, smollm_toke
     changed = _cfg(tmp_path)
     changed.sources[1].weight = 3.0
     other = build_train_loader(changed, smollm_tokenizer, seq_len=40, micro_batch_size=2)
-    with pytest.raises(DataError, match=r"weights.*\[2\.0, 1\.0\].*\[2\.0, 3\.0\].*on_resume_mismatch=restart"):
+    with pytest.raises(
+        DataError, match=r"weights.*\[2\.0, 1\.0\].*\[2\.0, 3\.0\].*on_resume_mismatch=restart"
+    ):
         other.load_state_dict(state)
     longer = build_train_loader(cfg, smollm_tokenizer, seq_len=48, micro_batch_size=2)
     with pytest.raises(DataError, match="seq_len: 40 -> 48"):
@@ -91,6 +98,8 @@ def test_changed_data_parallel_size_is_refused(tmp_path, smollm_tokenizer):
     bigger = build_train_loader(cfg, smollm_tokenizer, seq_len=40, micro_batch_size=2, dp_rank=0, dp_size=4)
     with pytest.raises(DataError, match="dp_size=2.*dp_size=4.*same layout"):
         bigger.load_state_dict(state)
-    wrong_rank = build_train_loader(cfg, smollm_tokenizer, seq_len=40, micro_batch_size=2, dp_rank=1, dp_size=2)
+    wrong_rank = build_train_loader(
+        cfg, smollm_tokenizer, seq_len=40, micro_batch_size=2, dp_rank=1, dp_size=2
+    )
     with pytest.raises(DataError, match="rank 0 loaded on rank 1"):
         wrong_rank.load_state_dict(state)

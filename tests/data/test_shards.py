@@ -26,16 +26,23 @@ def test_pretokenized_matches_streaming_and_resumes(recipe, smollm_tokenizer, ca
     eos = smollm_tokenizer.eos_token_id
     docs = {}
     for mode in ("stream", "pretokenized"):
-        loader, cfg = _loader(path, smollm_tokenizer, f"data.mode='{mode}'")
+        loader, _ = _loader(path, smollm_tokenizer, f"data.mode='{mode}'")
         docs[mode] = set(split_documents(input_stream([next(loader) for _ in range(60)]), eos))
     assert docs["stream"] == docs["pretokenized"]  # same training documents, same held-out split
     names = [f"web.jsonl:{i}" for i in range(60)] + [f"{i}.txt" for i in range(8)]
     train = {encode_doc(smollm_tokenizer, t) for t, n in zip(texts, names) if not is_eval(n, 0.15)}
     assert docs["stream"] == train and len(train) < len(texts)
 
-    evals = {mode: build_eval_batches(load_config(path, [f"data.mode='{mode}'"]).data, smollm_tokenizer,
-                                      seq_len=48, micro_batch_size=2, max_batches=4)
-             for mode in ("stream", "pretokenized")}
+    evals = {
+        mode: build_eval_batches(
+            load_config(path, [f"data.mode='{mode}'"]).data,
+            smollm_tokenizer,
+            seq_len=48,
+            micro_batch_size=2,
+            max_batches=4,
+        )
+        for mode in ("stream", "pretokenized")
+    }
     assert len(evals["stream"]) > 0
     assert all(torch.equal(a[k], b[k]) for a, b in zip(evals["stream"], evals["pretokenized"]) for k in a)
 
@@ -46,7 +53,9 @@ def test_pretokenized_matches_streaming_and_resumes(recipe, smollm_tokenizer, ca
     expected = [next(loader) for _ in range(30)]  # across an epoch: documents are reshuffled per epoch
     resumed, _ = _loader(path, smollm_tokenizer, "data.mode='pretokenized'")
     resumed.load_state_dict(state)
-    assert all(torch.equal(a[k], b[k]) for a, b in zip(expected, [next(resumed) for _ in range(30)]) for k in a)
+    assert all(
+        torch.equal(a[k], b[k]) for a, b in zip(expected, [next(resumed) for _ in range(30)]) for k in a
+    )
     assert loader.report()["sources"]["web"]["epochs_started"] >= 2
 
 

@@ -6,20 +6,29 @@ import torch
 
 from cptrain.data import build_train_loader
 from cptrain.data.sources import is_eval
-from tests.data.data_helpers import data_config, doc_text, encode_doc, input_stream, split_documents, write_jsonl
+from tests.data.data_helpers import (
+    data_config,
+    doc_text,
+    encode_doc,
+    input_stream,
+    split_documents,
+    write_jsonl,
+)
 
 SEQ, BATCH = 32, 2
 
 
 def test_exactly_once_per_epoch_across_two_ranks_and_two_workers(tmp_path, smollm_tokenizer):
     texts = [doc_text("w", i, words=6) for i in range(48)]
-    cfg = data_config([{"path": str(write_jsonl(tmp_path / "w.jsonl", texts))}], eval_fraction=0.1,
-                      num_workers=2)
+    cfg = data_config(
+        [{"path": str(write_jsonl(tmp_path / "w.jsonl", texts))}], eval_fraction=0.1, num_workers=2
+    )
     eos = smollm_tokenizer.eos_token_id
     epoch_sets = []
     for rank in range(2):
-        loader = build_train_loader(cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=rank,
-                                    dp_size=2)
+        loader = build_train_loader(
+            cfg, smollm_tokenizer, seq_len=SEQ, micro_batch_size=BATCH, dp_rank=rank, dp_size=2
+        )
         batches = [next(loader) for _ in range(24)]
         for worker in range(2):  # batch g comes from worker g % 2: each worker's rows form one stream
             docs = split_documents(input_stream(batches[worker::2]), eos)

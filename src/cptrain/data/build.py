@@ -23,8 +23,17 @@ def data_seed(cfg: DataConfig, seed: int | None) -> int:
     return cfg.seed if seed is None else cfg.seed * 1_000_003 + seed
 
 
-def build_train_loader(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_size: int, dp_rank: int = 0,
-                       dp_size: int = 1, seed: int | None = None, micro_batches_per_step: int = 1) -> TrainLoader:
+def build_train_loader(
+    cfg: DataConfig,
+    tokenizer,
+    *,
+    seq_len: int,
+    micro_batch_size: int,
+    dp_rank: int = 0,
+    dp_size: int = 1,
+    seed: int | None = None,
+    micro_batches_per_step: int = 1,
+) -> TrainLoader:
     """An endless iterator of Batch dicts for rank `dp_rank` of `dp_size`; see loader.TrainLoader.
 
     `micro_batches_per_step` (gradient accumulation) turns micro-batch counts into optimizer steps for
@@ -44,18 +53,36 @@ def build_train_loader(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_
         identities = [src.identity() for src in resolved]
 
         def open_sources(shard: int, shards: int) -> list:
-            return [TokenizedDocuments(src, doc_tokenizer, shard=shard, shards=shards,
-                                       eval_fraction=cfg.eval_fraction, seed=seed, shuffle=cfg.shuffle_files,
-                                       batch_size=cfg.tokenize_batch_size) for src in resolved]
+            return [
+                TokenizedDocuments(
+                    src,
+                    doc_tokenizer,
+                    shard=shard,
+                    shards=shards,
+                    eval_fraction=cfg.eval_fraction,
+                    seed=seed,
+                    shuffle=cfg.shuffle_files,
+                    batch_size=cfg.tokenize_batch_size,
+                )
+                for src in resolved
+            ]
 
     def make_pipeline(shard: int, shards: int, worker: int, workers: int) -> ShardPipeline:
-        return ShardPipeline(cfg, open_sources(shard, shards), seq_len, micro_batch_size, batch_offset=worker,
-                             batch_stride=workers, micro_batches_per_step=micro_batches_per_step)
+        return ShardPipeline(
+            cfg,
+            open_sources(shard, shards),
+            seq_len,
+            micro_batch_size,
+            batch_offset=worker,
+            batch_stride=workers,
+            micro_batches_per_step=micro_batches_per_step,
+        )
 
     parts = fingerprint_parts(cfg, identities, doc_tokenizer.fingerprint, seq_len, micro_batch_size)
     parts["seed"] = seed
-    return TrainLoader(cfg, make_pipeline, dp_rank=dp_rank, dp_size=dp_size, parts=parts,
-                       fingerprint=fingerprint(parts))
+    return TrainLoader(
+        cfg, make_pipeline, dp_rank=dp_rank, dp_size=dp_size, parts=parts, fingerprint=fingerprint(parts)
+    )
 
 
 def _eval_streams(cfg: DataConfig, doc_tokenizer: DocumentTokenizer) -> list[Iterator[np.ndarray]]:
@@ -67,13 +94,27 @@ def _eval_streams(cfg: DataConfig, doc_tokenizer: DocumentTokenizer) -> list[Ite
         for i, source in enumerate(cfg.sources):
             src = resolve_source(source, f"data.sources[{i}]")
             meta = check_cache(cfg, src, doc_tokenizer, f"data.sources[{i}]")
-            streams.append(_shard_documents(TokenShard(cache_dir(cfg, src.name), meta["dtype"]),
-                                            cfg.eval_fraction))
+            streams.append(
+                _shard_documents(TokenShard(cache_dir(cfg, src.name), meta["dtype"]), cfg.eval_fraction)
+            )
         return streams
-    return [(doc_tokenizer.encode([it.text])[0]
-             for it in iter_documents(src, split="eval", shard=0, shards=1, eval_fraction=cfg.eval_fraction,
-                                      seed=cfg.seed, shuffle=False, repeat=False) if it.text is not None)
-            for src in resolve_sources(cfg)]
+    return [
+        (
+            doc_tokenizer.encode([it.text])[0]
+            for it in iter_documents(
+                src,
+                split="eval",
+                shard=0,
+                shards=1,
+                eval_fraction=cfg.eval_fraction,
+                seed=cfg.seed,
+                shuffle=False,
+                repeat=False,
+            )
+            if it.text is not None
+        )
+        for src in resolve_sources(cfg)
+    ]
 
 
 def _shard_documents(shard, eval_fraction: float) -> Iterator[np.ndarray]:
@@ -100,8 +141,9 @@ def eval_documents(cfg: DataConfig, doc_tokenizer: DocumentTokenizer, max_tokens
     return docs
 
 
-def build_eval_batches(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_size: int,
-                       max_batches: int) -> list[dict[str, torch.Tensor]]:
+def build_eval_batches(
+    cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_size: int, max_batches: int
+) -> list[dict[str, torch.Tensor]]:
     """Up to `max_batches` packed batches of held-out documents; the same list on every call and rank."""
     if cfg.eval_fraction <= 0 or max_batches <= 0:
         return []
@@ -113,5 +155,7 @@ def build_eval_batches(cfg: DataConfig, tokenizer, *, seq_len: int, micro_batch_
     if short:  # fill the last batch with all-padding rows (their labels are all ignored)
         tokens = np.concatenate([tokens, np.full((short, seq_len + 1), doc_tokenizer.eos_id, np.int64)])
         pieces = np.concatenate([pieces, np.full((short, seq_len + 1), -1, np.int32)])
-    return [make_batch(tokens[i:i + micro_batch_size], pieces[i:i + micro_batch_size])
-            for i in range(0, len(tokens), micro_batch_size)]
+    return [
+        make_batch(tokens[i : i + micro_batch_size], pieces[i : i + micro_batch_size])
+        for i in range(0, len(tokens), micro_batch_size)
+    ]

@@ -8,7 +8,7 @@ from itertools import islice
 
 from cptrain.configtools import closest
 from cptrain.data.config import DataConfig
-from cptrain.data.readers import MISSING, read_rows, row_text
+from cptrain.data.readers import read_rows, row_text
 from cptrain.data.sources import DataError, ResolvedSource, resolve_source
 
 PREFLIGHT_ROWS = 2000  # rows read per source, at most, to find one usable document
@@ -17,8 +17,10 @@ PREFLIGHT_ROWS = 2000  # rows read per source, at most, to find one usable docum
 def resolve_sources(cfg: DataConfig) -> list[ResolvedSource]:
     """Resolve and preflight every source; raises DataError naming the source key and what to do."""
     if not cfg.sources:
-        raise DataError("data.sources is empty; add at least one [[data.sources]] table with a path "
-                        "(for a quick start: path = 'builtin:python-stdlib')")
+        raise DataError(
+            "data.sources is empty; add at least one [[data.sources]] table with a path "
+            "(for a quick start: path = 'builtin:python-stdlib')"
+        )
     resolved = []
     for i, source in enumerate(cfg.sources):
         src = resolve_source(source, f"data.sources[{i}]")
@@ -48,27 +50,33 @@ def preflight(src: ResolvedSource, key: str) -> None:
                 keys_seen.update(_keys(r.data, fmt))
         if rows >= PREFLIGHT_ROWS:
             break
-    scope = f"the first {rows} rows" if rows >= PREFLIGHT_ROWS else f"all {rows} rows of {len(src.files)} files"
+    scope = (
+        f"the first {rows} rows" if rows >= PREFLIGHT_ROWS else f"all {rows} rows of {len(src.files)} files"
+    )
     why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "nothing to read"
     hint = ""
     if reasons.get("missing_field") and keys_seen:
-        hint = (f"; the rows have the fields {sorted(keys_seen)}{closest(c.text_field, keys_seen)} "
-                f"(set {key}.text_field)")
+        hint = (
+            f"; the rows have the fields {sorted(keys_seen)}{closest(c.text_field, keys_seen)} "
+            f"(set {key}.text_field)"
+        )
     raise DataError(f"{key} ({c.path}): no usable document in {scope} ({why}){hint}")
 
 
 def _keys(data, fmt: str) -> list[str]:
+    """The field names of a jsonl row (to suggest a text_field); none for other formats."""
     if fmt.startswith("jsonl") and isinstance(data, bytes):
         try:
             obj = json.loads(data)
-            return list(obj) if isinstance(obj, dict) else []
         except ValueError:
             return []
-    return [] if data is MISSING else []
+        return list(obj) if isinstance(obj, dict) else []
+    return []
 
 
-def fingerprint_parts(cfg: DataConfig, sources: list[dict], tokenizer_fingerprint: str,
-                      seq_len: int, micro_batch_size: int) -> dict:
+def fingerprint_parts(
+    cfg: DataConfig, sources: list[dict], tokenizer_fingerprint: str, seq_len: int, micro_batch_size: int
+) -> dict:
     """Everything that decides the token stream, in readable form so a mismatch can say what changed.
 
     `sources`: each source's identity (ResolvedSource.identity(), plus the cache fingerprint when
@@ -101,8 +109,12 @@ def describe_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             out += describe_changes(a, b, f"{name}.")
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(
-                isinstance(x, dict) for x in a + b):
+        elif (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and len(a) == len(b)
+            and all(isinstance(x, dict) for x in a + b)
+        ):
             for i, (x, y) in enumerate(zip(a, b)):
                 out += describe_changes(x, y, f"{name}[{i}].")
         else:

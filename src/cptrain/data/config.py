@@ -26,10 +26,18 @@ class SourceConfig:
     streaming: bool = True  # datasets: stream rows instead of building an Arrow cache first
 
     def validate(self, prefix: str) -> None:
-        require(bool(self.path), f"{prefix}.path", self.path,
-                "a file, folder, glob, builtin:python-stdlib, or (format='datasets') a dataset name")
-        require(self.format in FORMATS, f"{prefix}.format", self.format,
-                f"one of {', '.join(FORMATS)}{closest(self.format, FORMATS)}")
+        require(
+            bool(self.path),
+            f"{prefix}.path",
+            self.path,
+            "a file, folder, glob, builtin:python-stdlib, or (format='datasets') a dataset name",
+        )
+        require(
+            self.format in FORMATS,
+            f"{prefix}.format",
+            self.format,
+            f"one of {', '.join(FORMATS)}{closest(self.format, FORMATS)}",
+        )
         require(self.weight >= 0, f"{prefix}.weight", self.weight, "a weight >= 0")
         if not self.name:
             self.name = _default_name(self.path)
@@ -50,8 +58,12 @@ class StageConfig:
     weights: dict = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
-        require(self.start_step >= 1, f"{prefix}.start_step", self.start_step,
-                "an optimizer step >= 1 (step 0 uses the sources' own weights)")
+        require(
+            self.start_step >= 1,
+            f"{prefix}.start_step",
+            self.start_step,
+            "an optimizer step >= 1 (step 0 uses the sources' own weights)",
+        )
         for name, w in self.weights.items():
             ok = isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
             require(ok, f"{prefix}.weights.{name}", w, "a number >= 0")
@@ -77,24 +89,34 @@ class DataConfig:
         require(0.0 <= self.eval_fraction < 1.0, f"{prefix}.eval_fraction", self.eval_fraction, "0 <= x < 1")
         require(self.eval_max_documents >= 0, f"{prefix}.eval_max_documents", self.eval_max_documents, ">= 0")
         require(self.num_workers >= 0, f"{prefix}.num_workers", self.num_workers, ">= 0")
-        require(self.tokenize_batch_size >= 1, f"{prefix}.tokenize_batch_size", self.tokenize_batch_size, ">= 1")
+        require(
+            self.tokenize_batch_size >= 1, f"{prefix}.tokenize_batch_size", self.tokenize_batch_size, ">= 1"
+        )
         names = [s.name for s in self.sources]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise ConfigError(f"{prefix}.sources[{i}].name = {name!r} is used twice; give each source "
-                                  f"a unique name (set {prefix}.sources[{i}].name)")
+                raise ConfigError(
+                    f"{prefix}.sources[{i}].name = {name!r} is used twice; give each source "
+                    f"a unique name (set {prefix}.sources[{i}].name)"
+                )
         if self.sources:
             _check_weights([s.weight for s in self.sources], f"{prefix}.sources[*].weight")
         last = 0
         for i, stage in enumerate(self.stages):
             key = f"{prefix}.stages[{i}]"
-            require(stage.start_step > last, f"{key}.start_step", stage.start_step,
-                    f"a step after the previous stage's ({last}); list stages in order")
+            require(
+                stage.start_step > last,
+                f"{key}.start_step",
+                stage.start_step,
+                f"a step after the previous stage's ({last}); list stages in order",
+            )
             last = stage.start_step
             for name in stage.weights:
                 if name not in names:
-                    raise ConfigError(f"{key}.weights.{name}: no source is named {name!r}"
-                                      f"{closest(name, names)} (sources: {', '.join(names)})")
+                    raise ConfigError(
+                        f"{key}.weights.{name}: no source is named {name!r}"
+                        f"{closest(name, names)} (sources: {', '.join(names)})"
+                    )
             _check_weights(self.stage_weights(i + 1), f"{key}.weights")
 
     def stage_weights(self, stage: int) -> list[float]:

@@ -19,6 +19,8 @@ from cptrain.data.tokenize import DocumentTokenizer
 
 log = logging.getLogger("cptrain.data")
 MAX_FILES_LISTED = 100  # files with problems named one by one in the report; the rest only counted
+BATCH_CHARS = 1 << 17  # stop filling a tokenizer batch here too: long documents need no batching to be fast,
+# and read-ahead is work redone after a resume
 
 
 @dataclass
@@ -44,17 +46,40 @@ def count_skip(stats: dict, source: str, item: Item) -> None:
     entry = files.setdefault(item.name, {})
     if reason not in entry:
         entry[reason] = {"count": 0, "first_line": item.line}
-        log.warning("data source %r: %s line %d: skipped (%s); further %s rows in this file are counted "
-                    "in the data report", source, item.name, item.line, item.reason, reason)
+        log.warning(
+            "data source %r: %s line %d: skipped (%s); further %s rows in this file are counted "
+            "in the data report",
+            source,
+            item.name,
+            item.line,
+            item.reason,
+            reason,
+        )
     entry[reason]["count"] += 1
 
 
 class TokenizedDocuments:
-    def __init__(self, src: ResolvedSource, tokenizer: DocumentTokenizer, *, shard: int, shards: int,
-                 eval_fraction: float, seed: int, shuffle: bool, batch_size: int):
+    def __init__(
+        self,
+        src: ResolvedSource,
+        tokenizer: DocumentTokenizer,
+        *,
+        shard: int,
+        shards: int,
+        eval_fraction: float,
+        seed: int,
+        shuffle: bool,
+        batch_size: int,
+    ):
         self.src, self.tokenizer, self.batch_size = src, tokenizer, batch_size
-        self._kw = dict(split="train", shard=shard, shards=shards, eval_fraction=eval_fraction, seed=seed,
-                        shuffle=shuffle)
+        self._kw = {
+            "split": "train",
+            "shard": shard,
+            "shards": shards,
+            "eval_fraction": eval_fraction,
+            "seed": seed,
+            "shuffle": shuffle,
+        }
         self.cursor: Cursor = list(START)
         self.stats = new_stats()
         self._restart()
@@ -65,12 +90,13 @@ class TokenizedDocuments:
 
     def _fill(self) -> None:
         batch: list[Item] = []
-        docs = 0
-        while docs < self.batch_size:
+        docs = chars = 0
+        while docs < self.batch_size and chars < BATCH_CHARS:
             item = next(self._items)
             batch.append(item)
             if item.text is not None:
                 docs += 1
+                chars += len(item.text)
         texts = [it.text for it in batch if it.text is not None]
         tokens = iter(self.tokenizer.encode(texts)) if texts else iter(())
         for it in batch:
@@ -94,7 +120,9 @@ class TokenizedDocuments:
 
     def reread(self, before: Cursor) -> Document:
         """The document that starts at `before` (as handed out earlier), tokenized again."""
-        item = next(it for it in iter_documents(self.src, cursor=list(before), **self._kw) if it.text is not None)
+        item = next(
+            it for it in iter_documents(self.src, cursor=list(before), **self._kw) if it.text is not None
+        )
         return Document(item.before, item.name, self.tokenizer.encode([item.text])[0])
 
     def state_dict(self) -> dict:

@@ -66,31 +66,40 @@ def main(argv: list[str] | None = None) -> int:
     loader = build_train_loader(data, tokenizer, seq_len=seq, micro_batch_size=mbs)
     batches = [next(loader) for _ in range(max(1, ns.batches))]
     report = loader.report()
-    for name, s in report["sources"].items():
+    for s in report["sources"].values():
         s["tokens_per_byte"] = s["tokens"] / s["bytes"] if s.get("bytes") else None
     if ns.json:
         print(json.dumps(report, indent=1))
         return 0
-    evals = build_eval_batches(data, tokenizer, seq_len=seq, micro_batch_size=mbs,
-                               max_batches=cfg.eval.max_batches)
+    evals = build_eval_batches(
+        data, tokenizer, seq_len=seq, micro_batch_size=mbs, max_batches=cfg.eval.max_batches
+    )
     totals = _estimate_tokens(data, report)
-    print(f"{ns.recipe}: {len(data.sources)} sources, mode={data.mode}, seq_len={seq}, "
-          f"micro_batch_size={mbs}; sampled {len(batches)} micro-batches ({len(batches) * mbs * seq:,} tokens)")
-    print(f"\n{'source':<20} {'weight':>7} {'target':>7} {'sample':>7} {'docs':>7} {'tokens':>10} "
-          f"{'whole source':>16} skipped")
+    print(
+        f"{ns.recipe}: {len(data.sources)} sources, mode={data.mode}, seq_len={seq}, "
+        f"micro_batch_size={mbs}; sampled {len(batches)} micro-batches ({len(batches) * mbs * seq:,} tokens)"
+    )
+    print(
+        f"\n{'source':<20} {'weight':>7} {'target':>7} {'sample':>7} {'docs':>7} {'tokens':>10} "
+        f"{'whole source':>16} skipped"
+    )
     stage0 = report["stages"][0]
     for source in data.sources:
         s = report["sources"][source.name]
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(s["skipped"].items())) or "-"
-        print(f"{source.name:<20} {source.weight:>7.3g} {stage0['target_shares'][source.name]:>7.1%} "
-              f"{stage0['realized_shares'][source.name]:>7.1%} {s['documents']:>7,} {s['tokens']:>10,} "
-              f"{totals[source.name]:>16} {skipped}")
+        print(
+            f"{source.name:<20} {source.weight:>7.3g} {stage0['target_shares'][source.name]:>7.1%} "
+            f"{stage0['realized_shares'][source.name]:>7.1%} {s['documents']:>7,} {s['tokens']:>10,} "
+            f"{totals[source.name]:>16} {skipped}"
+        )
     for i, stage in enumerate(data.stages, start=1):
         shares = ", ".join(f"{n}: {v:.1%}" for n, v in report["stages"][i]["target_shares"].items())
         print(f"stage {i} from step {stage.start_step}: {shares}")
     p = report["packing"]
-    print(f"\npacking: {p['rows']:,} rows, {p['real_token_fraction']:.2%} real tokens (no padding), "
-          f"{p['supervised_fraction']:.2%} of positions have a label (the rest sit at document ends)")
+    print(
+        f"\npacking: {p['rows']:,} rows, {p['real_token_fraction']:.2%} real tokens (no padding), "
+        f"{p['supervised_fraction']:.2%} of positions have a label (the rest sit at document ends)"
+    )
     held = sum(int((b["document_ids"] >= 0).sum()) for b in evals)
     print(f"held-out: {len(evals)} batches, {held:,} real tokens (data.eval_fraction={data.eval_fraction})")
     for file_problems in (s["problem_files"] for s in report["sources"].values()):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from cptrain.data.config import DataConfig
+from cptrain.data.packing import as_tensors
 from cptrain.data.pipeline import ShardPipeline
 from cptrain.data.report import data_report
 from cptrain.data.sources import DataError
@@ -23,8 +24,9 @@ STATE_VERSION = 1
 
 
 class TrainLoader:
-    def __init__(self, cfg: DataConfig, make_pipeline, *, dp_rank: int, dp_size: int, parts: dict,
-                 fingerprint: str):
+    def __init__(
+        self, cfg: DataConfig, make_pipeline, *, dp_rank: int, dp_size: int, parts: dict, fingerprint: str
+    ):
         """`make_pipeline(shard, shards, worker, workers)` builds one ShardPipeline (also inside workers)."""
         self.cfg, self.make_pipeline = cfg, make_pipeline
         self.dp_rank, self.dp_size = dp_rank, dp_size
@@ -48,34 +50,47 @@ class TrainLoader:
             return batch
         if self._iter is None:
             self._iter = iter(self._worker_loader())
-        batch, state = next(self._iter)
+        arrays, state = next(self._iter)
         self.shard_states[self.batches % self.num_workers] = state
         self.batches += 1
-        return batch
+        return as_tensors(arrays)
 
     def _build_shard(self, worker: int, state: dict | None) -> ShardPipeline:
-        workers = max(1, self.num_workers)
-        pipeline = self.make_pipeline(self.dp_rank * workers + worker, self.dp_size * workers, worker, workers)
-        if state is not None:
-            pipeline.load_state_dict(state)
-        return pipeline
+        return build_shard(
+            self.make_pipeline, self.dp_rank, self.dp_size, worker, max(1, self.num_workers), state
+        )
 
     def _worker_loader(self) -> torch.utils.data.DataLoader:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers each tokenize alone
         # a resumed loader continues with the worker whose turn it is: rotate which worker plays which shard
         first = self.batches % self.num_workers
-        dataset = _ShardDataset(self, first, list(self.shard_states))
-        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                                           collate_fn=_keep, prefetch_factor=2, persistent_workers=False)
+        dataset = _ShardDataset(
+            self.make_pipeline, self.dp_rank, self.dp_size, self.num_workers, first, list(self.shard_states)
+        )
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_keep,
+            prefetch_factor=2,
+            persistent_workers=False,
+        )
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         states = list(self.shard_states)
         if self.num_workers == 0 and self._pipeline is not None:
             states = [self._pipeline.state_dict()]
-        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "fingerprint_parts": self.parts,
-                "dp_rank": self.dp_rank, "dp_size": self.dp_size, "num_workers": self.num_workers,
-                "batches": self.batches, "shards": states}
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "fingerprint_parts": self.parts,
+            "dp_rank": self.dp_rank,
+            "dp_size": self.dp_size,
+            "num_workers": self.num_workers,
+            "batches": self.batches,
+            "shards": states,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` left off; refuses a different data config or layout."""
@@ -90,27 +105,42 @@ class TrainLoader:
     def _mismatch(self, state: dict) -> str | None:
         from cptrain.data.checks import describe_changes
 
-        how = ("To start the data stream over with the new settings instead (documents already seen may "
-               "repeat), set data.on_resume_mismatch=restart.")
+        how = (
+            "To start the data stream over with the new settings instead (documents already seen may "
+            "repeat), set data.on_resume_mismatch=restart."
+        )
         if state.get("version") != STATE_VERSION:
             return f"data loader state version {state.get('version')} is not {STATE_VERSION}. {how}"
         if state["fingerprint"] != self.fingerprint:
             changes = describe_changes(state["fingerprint_parts"], self.parts)
-            return (f"the data changed since this checkpoint was saved: {'; '.join(changes) or 'fingerprint'}. "
-                    f"Resume with the original data settings to continue the same token stream. {how}")
+            return (
+                f"the data changed since this checkpoint was saved: {'; '.join(changes) or 'fingerprint'}. "
+                f"Resume with the original data settings to continue the same token stream. {how}"
+            )
         if state["dp_size"] != self.dp_size or state["num_workers"] != self.num_workers:
-            return (f"this checkpoint's data position is per data-parallel rank for dp_size={state['dp_size']}, "
-                    f"data.num_workers={state['num_workers']}; this run has dp_size={self.dp_size}, "
-                    f"data.num_workers={self.num_workers}. Each rank's documents depend on both, so the "
-                    f"stream cannot be continued exactly: resume with the same layout. {how}")
+            return (
+                f"this checkpoint's data position is per data-parallel rank for dp_size={state['dp_size']}, "
+                f"data.num_workers={state['num_workers']}; this run has dp_size={self.dp_size}, "
+                f"data.num_workers={self.num_workers}. Each rank's documents depend on both, so the "
+                f"stream cannot be continued exactly: resume with the same layout. {how}"
+            )
         if state["dp_rank"] != self.dp_rank:
-            return (f"data state of rank {state['dp_rank']} loaded on rank {self.dp_rank}: load each rank's "
-                    f"own data state")
+            return (
+                f"data state of rank {state['dp_rank']} loaded on rank {self.dp_rank}: load each rank's "
+                f"own data state"
+            )
         return None
 
     def _reset(self, batches: int, shard_states: list) -> None:
+        self.close()
         self.batches, self.shard_states = batches, shard_states
-        self._pipeline, self._iter = None, None
+        self._pipeline = None
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the loader is garbage collected)."""
+        it, self._iter = self._iter, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
 
     def report(self) -> dict:
         """Documents and tokens read, skips by reason and file, realized shares, packing efficiency."""
@@ -122,18 +152,37 @@ def _keep(x):
     return x
 
 
-class _ShardDataset(torch.utils.data.IterableDataset):
-    """Runs inside each DataLoader worker: one shard's pipeline, yielding (batch, state after it)."""
+def build_shard(
+    make_pipeline, dp_rank: int, dp_size: int, worker: int, workers: int, state: dict | None
+) -> ShardPipeline:
+    pipeline = make_pipeline(dp_rank * workers + worker, dp_size * workers, worker, workers)
+    if state is not None:
+        pipeline.load_state_dict(state)
+    return pipeline
 
-    def __init__(self, loader: TrainLoader, first: int, states: list):
-        self.loader, self.first, self.states = loader, first, states
+
+class _ShardDataset(torch.utils.data.IterableDataset):
+    """Runs inside each DataLoader worker: one shard's pipeline, yielding (batch, state after it).
+
+    It holds no reference to the TrainLoader: a loader <-> dataset cycle would leave old loaders to the
+    cyclic garbage collector, which may then run inside a forked worker and trip over their processes."""
+
+    def __init__(self, make_pipeline, dp_rank: int, dp_size: int, workers: int, first: int, states: list):
+        self.make_pipeline, self.dp_rank, self.dp_size, self.workers = (
+            make_pipeline,
+            dp_rank,
+            dp_size,
+            workers,
+        )
+        self.first, self.states = first, states
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        workers = self.loader.num_workers
-        worker = (info.id + self.first) % workers
+        worker = (info.id + self.first) % self.workers
         torch.set_num_threads(1)
-        pipeline = self.loader._build_shard(worker, self.states[worker])
+        pipeline = build_shard(
+            self.make_pipeline, self.dp_rank, self.dp_size, worker, self.workers, self.states[worker]
+        )
         while True:
-            batch = pipeline.next_batch()
-            yield batch, pipeline.state_dict()
+            arrays = pipeline.next_arrays()
+            yield arrays, pipeline.state_dict()

@@ -35,8 +35,8 @@ class RowCutter:
             if self.current is None or self.offset >= len(self.current):
                 self.current, self.offset = self.next_document(), 0
             take = min(self.width - filled, len(self.current) - self.offset)
-            tokens[filled:filled + take] = self.current[self.offset:self.offset + take]
-            pieces[filled:filled + take] = piece
+            tokens[filled : filled + take] = self.current[self.offset : self.offset + take]
+            pieces[filled : filled + take] = piece
             filled += take
             self.offset += take
             piece += 1
@@ -73,6 +73,15 @@ def _renumber(owner: np.ndarray) -> np.ndarray:
 
 def make_batch(tokens: np.ndarray, pieces: np.ndarray) -> dict[str, torch.Tensor]:
     """Rows [B, S+1] of tokens and piece indices -> the Batch contract (inputs and shifted labels [B, S])."""
+    return as_tensors(make_batch_arrays(tokens, pieces))
+
+
+def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def make_batch_arrays(tokens: np.ndarray, pieces: np.ndarray) -> dict[str, np.ndarray]:
+    """make_batch in numpy: what loader workers send (a pipe moves arrays cheaper than shared tensors)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     doc_in, doc_next = pieces[:, :-1], pieces[:, 1:]
     labels = np.where((doc_in == doc_next) & (doc_in >= 0), targets, IGNORE_INDEX)
@@ -83,8 +92,8 @@ def make_batch(tokens: np.ndarray, pieces: np.ndarray) -> dict[str, torch.Tensor
     first = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
     positions = np.where(doc_in >= 0, idx - first, 0)
     return {
-        "input_ids": torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)),
-        "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
-        "position_ids": torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)),
-        "document_ids": torch.from_numpy(np.ascontiguousarray(doc_in, dtype=np.int32)),
+        "input_ids": np.ascontiguousarray(inputs, dtype=np.int64),
+        "labels": np.ascontiguousarray(labels, dtype=np.int64),
+        "position_ids": np.ascontiguousarray(positions, dtype=np.int64),
+        "document_ids": np.ascontiguousarray(doc_in, dtype=np.int32),
     }

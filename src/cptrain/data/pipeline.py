@@ -13,22 +13,31 @@ import numpy as np
 import torch
 
 from cptrain.data.config import DataConfig
-from cptrain.data.documents import TokenizedDocuments
 from cptrain.data.mixture import Mixture
-from cptrain.data.packing import RowCutter, make_batch
+from cptrain.data.packing import RowCutter, as_tensors, make_batch_arrays
 
 
 class ShardPipeline:
-    def __init__(self, cfg: DataConfig, sources: list, seq_len: int, micro_batch_size: int, *,
-                 batch_offset: int = 0, batch_stride: int = 1, micro_batches_per_step: int = 1):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        sources: list,
+        seq_len: int,
+        micro_batch_size: int,
+        *,
+        batch_offset: int = 0,
+        batch_stride: int = 1,
+        micro_batches_per_step: int = 1,
+    ):
         """`sources`: one document stream per `cfg.sources` entry (TokenizedDocuments or token shards)."""
         self.sources = sources
         self.seq_len, self.micro_batch_size = seq_len, micro_batch_size
         self.batch_offset, self.batch_stride = batch_offset, batch_stride
         self.micro_batches_per_step = micro_batches_per_step
         n_stages = 1 + len(cfg.stages)
-        self.mixture = Mixture([cfg.stage_weights(i) for i in range(n_stages)],
-                               [0] + [s.start_step for s in cfg.stages])
+        self.mixture = Mixture(
+            [cfg.stage_weights(i) for i in range(n_stages)], [0] + [s.start_step for s in cfg.stages]
+        )
         self.cutter = RowCutter(seq_len + 1, self._next_document)
         self.current: list | None = None  # [source index, cursor of the document the next row starts in]
         self.batches = 0  # batches this shard has made
@@ -47,25 +56,33 @@ class ShardPipeline:
         return (self.batch_offset + self.batches * self.batch_stride) // self.micro_batches_per_step
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        return as_tensors(self.next_arrays())
+
+    def next_arrays(self) -> dict[str, np.ndarray]:
+        """The next batch as numpy arrays (see next_batch)."""
         self.mixture.set_step(self.step_of_next_batch())
         rows = [self.cutter.next_row() for _ in range(self.micro_batch_size)]
-        batch = make_batch(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
+        batch = make_batch_arrays(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
         self.batches += 1
         p = self.packing
         p["rows"] += self.micro_batch_size
-        p["input_tokens"] += batch["input_ids"].numel()
+        p["input_tokens"] += batch["input_ids"].size
         p["label_tokens"] += int((batch["labels"] != -100).sum())
         return batch
 
     def state_dict(self) -> dict:
-        return copy.deepcopy({
-            "batches": self.batches,
-            "mixture": self.mixture.state_dict(),
-            "current": None if self.current is None else [self.current[0], self.current[1], self.cutter.offset],
-            "sources": [s.state_dict() for s in self.sources],
-            "packing": self.packing,
-            "stage_tokens": self.stage_tokens,
-        })
+        return copy.deepcopy(
+            {
+                "batches": self.batches,
+                "mixture": self.mixture.state_dict(),
+                "current": None
+                if self.current is None
+                else [self.current[0], self.current[1], self.cutter.offset],
+                "sources": [s.state_dict() for s in self.sources],
+                "packing": self.packing,
+                "stage_tokens": self.stage_tokens,
+            }
+        )
 
     def load_state_dict(self, state: dict) -> None:
         state = copy.deepcopy(state)

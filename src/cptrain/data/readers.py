@@ -37,16 +37,28 @@ def file_format(path: str, fmt: str) -> str:
         if fmt == "jsonl":
             return "jsonl.gz" if path.endswith(".gz") else "jsonl.zst" if path.endswith(".zst") else "jsonl"
         return fmt
-    for ext, name in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl.zst", "jsonl.zst"),
-                      (".json.zst", "jsonl.zst"), (".jsonl", "jsonl"), (".json", "jsonl"),
-                      (".parquet", "parquet")):
+    for ext, name in (
+        (".jsonl.gz", "jsonl.gz"),
+        (".json.gz", "jsonl.gz"),
+        (".jsonl.zst", "jsonl.zst"),
+        (".json.zst", "jsonl.zst"),
+        (".jsonl", "jsonl"),
+        (".json", "jsonl"),
+        (".parquet", "parquet"),
+    ):
         if path.endswith(ext):
             return name
     return "txt"
 
 
-def read_rows(path: Path, fmt: str, text_field: str = "text", separator: str = "", start_row: int = 0,
-              start_offset: int = -1) -> Iterator[Row]:
+def read_rows(
+    path: Path,
+    fmt: str,
+    text_field: str = "text",
+    separator: str = "",
+    start_row: int = 0,
+    start_offset: int = -1,
+) -> Iterator[Row]:
     """Rows of one file from `start_row` on (jumping to `start_offset` where the format allows)."""
     try:
         if fmt == "txt":
@@ -90,8 +102,10 @@ def _zstd_lines(path: Path) -> Iterator[bytes]:
     try:
         import zstandard
     except ImportError:
-        raise ConfigError(f"{path}: reading .zst files needs zstandard: pip install 'cptrain[data]' "
-                          "(or pip install zstandard)") from None
+        raise ConfigError(
+            f"{path}: reading .zst files needs zstandard: pip install 'cptrain[data]' "
+            "(or pip install zstandard)"
+        ) from None
     dctx = zstandard.ZstdDecompressor()
     pending, obj, in_frame = b"", dctx.decompressobj(), False
     with path.open("rb") as f:
@@ -117,7 +131,8 @@ def _line_rows(path: Path, fmt: str, start_row: int, start_offset: int) -> Itera
         if fmt == "jsonl.zst":
             lines = _zstd_lines(path)
         else:
-            f = stack.enter_context(gzip.open(path, "rb") if fmt == "jsonl.gz" else path.open("rb"))
+            opened = gzip.open(path, "rb") if fmt == "jsonl.gz" else path.open("rb")  # noqa: SIM115
+            f = stack.enter_context(opened)
             lines = iter(f.readline, b"")
         row = 0
         if plain and start_offset >= 0:
@@ -127,7 +142,7 @@ def _line_rows(path: Path, fmt: str, start_row: int, start_offset: int) -> Itera
         while True:
             try:
                 line = next(lines, b"")
-            except Exception as e:  # EOFError, zlib.error, ZstdError...: a cut-off or corrupt stream
+            except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, ZstdError: a cut-off stream
                 yield Row(row, row + 1, -1, None, f"truncated_file: {type(e).__name__}: {e}")
                 return
             if not line:
@@ -135,7 +150,9 @@ def _line_rows(path: Path, fmt: str, start_row: int, start_offset: int) -> Itera
                     yield Row(0, 1, -1, None, "empty_file")
                 return
             if row >= start_row:
-                yield Row(row, row + 1, offset if plain else -1, line, end=offset + len(line) if plain else -1)
+                yield Row(
+                    row, row + 1, offset if plain else -1, line, end=offset + len(line) if plain else -1
+                )
             offset += len(line)
             row += 1
 
@@ -144,8 +161,9 @@ def _pyarrow_parquet(path: Path):
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ConfigError(f"{path}: reading parquet needs pyarrow: pip install 'cptrain[data]' "
-                          "(or pip install pyarrow)") from None
+        raise ConfigError(
+            f"{path}: reading parquet needs pyarrow: pip install 'cptrain[data]' (or pip install pyarrow)"
+        ) from None
     return pq
 
 
@@ -154,7 +172,7 @@ def _parquet_rows(path: Path, column: str, start_row: int) -> Iterator[Row]:
     pq = _pyarrow_parquet(path)
     try:
         pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid for cut-off or non-parquet files
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid for cut-off or non-parquet files
         yield Row(start_row, start_row + 1, -1, None, f"truncated_file: {type(e).__name__}: {e}")
         return
     meta = pf.metadata
@@ -211,20 +229,31 @@ def row_text(data: Any, fmt: str, text_field: str) -> tuple[str | None, str | No
     return data, None
 
 
-def dataset_rows(path: str, config_name: str | None, split: str, data_files: list[str], streaming: bool,
-                 column: str, start_row: int = 0) -> Iterator[Row]:
+def dataset_rows(
+    path: str,
+    config_name: str | None,
+    split: str,
+    data_files: list[str],
+    streaming: bool,
+    column: str,
+    start_row: int = 0,
+) -> Iterator[Row]:
     """Rows of anything `datasets.load_dataset` reads (local builders, or hub names when online)."""
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"source {path!r} with format 'datasets' needs the datasets package: "
-                          "pip install 'cptrain[data]' (or pip install datasets)") from None
+        raise ConfigError(
+            f"source {path!r} with format 'datasets' needs the datasets package: "
+            "pip install 'cptrain[data]' (or pip install datasets)"
+        ) from None
     kwargs = {"data_files": data_files} if data_files else {}
     try:
         ds = datasets.load_dataset(path, config_name, split=split, streaming=streaming, **kwargs)
-    except Exception as e:  # datasets raises many kinds; all mean "cannot open this source"
-        raise ConfigError(f"datasets.load_dataset({path!r}, split={split!r}) failed: {type(e).__name__}: {e}. "
-                          "Check the source's path, split, data_files and dataset_config") from None
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot open this source"
+        raise ConfigError(
+            f"datasets.load_dataset({path!r}, split={split!r}) failed: {type(e).__name__}: {e}. "
+            "Check the source's path, split, data_files and dataset_config"
+        ) from None
     if start_row:
         ds = ds.skip(start_row) if streaming else ds.select(range(start_row, len(ds)))
     row = start_row

@@ -8,8 +8,10 @@ from cptrain.data.config import DataConfig
 def data_report(cfg: DataConfig, shard_states: list[dict], batches: int) -> dict:
     """Sum the shard states of one rank into one plain dict (JSON-ready), per source and per stage."""
     names = [s.name for s in cfg.sources]
-    sources = {n: {"documents": 0, "tokens": 0, "bytes": 0, "epochs_started": 0, "skipped": {}, "problem_files": {}}
-               for n in names}
+    sources = {
+        n: {"documents": 0, "tokens": 0, "bytes": 0, "epochs_started": 0, "skipped": {}, "problem_files": {}}
+        for n in names
+    }
     packing = {"rows": 0, "input_tokens": 0, "label_tokens": 0, "padding_tokens": 0}
     stage_tokens = [[0] * len(names) for _ in range(1 + len(cfg.stages))]
     for state in shard_states:
@@ -18,7 +20,9 @@ def data_report(cfg: DataConfig, shard_states: list[dict], batches: int) -> dict
             out["documents"] += stats["documents"]
             out["tokens"] += stats["tokens"]
             out["bytes"] += stats.get("bytes", 0)
-            out["epochs_started"] = max(out["epochs_started"], stats["epoch"] + (1 if stats["documents"] else 0))
+            out["epochs_started"] = max(
+                out["epochs_started"], stats["epoch"] + (1 if stats["documents"] else 0)
+            )
             for reason, n in stats["skipped"].items():
                 out["skipped"][reason] = out["skipped"].get(reason, 0) + n
             for file, kinds in stats["problem_files"].items():

@@ -34,8 +34,11 @@ def cache_dir(cfg: DataConfig, name: str) -> Path:
 def inputs_fingerprint(src: ResolvedSource, tokenizer_fp: str) -> str:
     """Tokenizer + source settings + every input file's name, size and modification time."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps({k: v for k, v in src.identity().items() if k not in ("name", "files")},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {k: v for k, v in src.identity().items() if k not in ("name", "files")}, sort_keys=True
+        ).encode()
+    )
     h.update(tokenizer_fp.encode())
     for rel, _ in src.files:
         st = src.path_of(rel).stat() if rel else None
@@ -65,8 +68,9 @@ def write_token_shard(cfg: DataConfig, src: ResolvedSource, tokenizer: DocumentT
         batch.clear()
 
     with (tmp / "tokens.bin").open("wb") as out:
-        for item in iter_documents(src, split="all", shard=0, shards=1, eval_fraction=0.0, seed=0,
-                                   shuffle=False, repeat=False):
+        for item in iter_documents(
+            src, split="all", shard=0, shards=1, eval_fraction=0.0, seed=0, shuffle=False, repeat=False
+        ):
             if item.text is None:
                 count_skip(stats, src.name, item)
                 continue
@@ -77,8 +81,13 @@ def write_token_shard(cfg: DataConfig, src: ResolvedSource, tokenizer: DocumentT
     stats["documents"], stats["tokens"] = len(hashes), offsets[-1]
     np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     np.save(tmp / "name_hash.npy", np.asarray(hashes, dtype=np.uint64))
-    meta = {"format_version": FORMAT_VERSION, "fingerprint": inputs_fingerprint(src, tokenizer.fingerprint),
-            "source": src.identity(), "dtype": np.dtype(tokenizer.dtype).name, "stats": stats}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": inputs_fingerprint(src, tokenizer.fingerprint),
+        "source": src.identity(),
+        "dtype": np.dtype(tokenizer.dtype).name,
+        "stats": stats,
+    }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -96,12 +105,15 @@ def check_cache(cfg: DataConfig, src: ResolvedSource, tokenizer: DocumentTokeniz
     meta = read_meta(cfg, src.name)
     run = "run `cptrain tokenize RECIPE` (with the same overrides) to write it"
     if meta is None:
-        raise DataError(f"{key}: data.mode = 'pretokenized' but {cache_dir(cfg, src.name)} holds no token "
-                        f"shard; {run}")
+        raise DataError(
+            f"{key}: data.mode = 'pretokenized' but {cache_dir(cfg, src.name)} holds no token shard; {run}"
+        )
     if meta["fingerprint"] != inputs_fingerprint(src, tokenizer.fingerprint):
-        raise DataError(f"{key}: the token shard in {cache_dir(cfg, src.name)} is stale: the tokenizer, the "
-                        f"source settings or the input files (names, sizes, modification times) changed "
-                        f"since it was written; {run} again")
+        raise DataError(
+            f"{key}: the token shard in {cache_dir(cfg, src.name)} is stale: the tokenizer, the "
+            f"source settings or the input files (names, sizes, modification times) changed "
+            f"since it was written; {run} again"
+        )
     return meta
 
 
@@ -112,10 +124,12 @@ class TokenShard:
         self.offsets = np.load(folder / "offsets.npy", mmap_mode="r")
         self.name_hash = np.load(folder / "name_hash.npy", mmap_mode="r")
         n = int(self.offsets[-1])
-        self.tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0)
+        self.tokens = (
+            np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0)
+        )
 
     def document(self, i: int) -> np.ndarray:
-        return np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]], dtype=np.int64)
+        return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64)
 
     def split(self, eval_fraction: float, split: str) -> np.ndarray:
         """Indices of the documents in `split`, by the same hash rule as streaming mode."""
@@ -130,8 +144,19 @@ class ShardDocuments:
     """One source's training documents for one loader shard, read from a token shard; same API as
     TokenizedDocuments. The documents are reshuffled every epoch from the seed (cheap: just indices)."""
 
-    def __init__(self, name: str, shard_file: TokenShard, stats: dict, *, index: int, shard: int, shards: int,
-                 eval_fraction: float, seed: int, shuffle: bool):
+    def __init__(
+        self,
+        name: str,
+        shard_file: TokenShard,
+        stats: dict,
+        *,
+        index: int,
+        shard: int,
+        shards: int,
+        eval_fraction: float,
+        seed: int,
+        shuffle: bool,
+    ):
         self.name, self.data = name, shard_file
         self.train = shard_file.split(eval_fraction, "train")
         self.shard, self.shards, self.seed, self.shuffle, self.index = shard, shards, seed, shuffle, index
@@ -144,10 +169,12 @@ class ShardDocuments:
             order = self.train
             if self.shuffle:
                 order = np.random.default_rng([self.seed, self.index, epoch]).permutation(order)
-            self._epoch, self._mine = epoch, order[self.shard::self.shards]
+            self._epoch, self._mine = epoch, order[self.shard :: self.shards]
             if len(self._mine) == 0:
-                raise DataError(f"source {self.name!r}: its token shard has {len(self.train)} training "
-                                f"documents, too few for {self.shards} loader shards (ranks x workers)")
+                raise DataError(
+                    f"source {self.name!r}: its token shard has {len(self.train)} training "
+                    f"documents, too few for {self.shards} loader shards (ranks x workers)"
+                )
         return self._mine
 
     def next(self) -> Document:
@@ -190,9 +217,23 @@ def open_token_sources(cfg: DataConfig, tokenizer: DocumentTokenizer, seed: int)
         for i, (source, data, meta) in enumerate(zip(cfg.sources, files, metas)):
             stats = new_stats()
             if shard == 0:  # problems found while tokenizing are reported once, by shard 0
-                stats["skipped"], stats["problem_files"] = meta["stats"]["skipped"], meta["stats"]["problem_files"]
-            out.append(ShardDocuments(source.name, data, stats, index=i, shard=shard, shards=shards,
-                                      eval_fraction=cfg.eval_fraction, seed=seed, shuffle=cfg.shuffle_files))
+                stats["skipped"], stats["problem_files"] = (
+                    meta["stats"]["skipped"],
+                    meta["stats"]["problem_files"],
+                )
+            out.append(
+                ShardDocuments(
+                    source.name,
+                    data,
+                    stats,
+                    index=i,
+                    shard=shard,
+                    shards=shards,
+                    eval_fraction=cfg.eval_fraction,
+                    seed=seed,
+                    shuffle=cfg.shuffle_files,
+                )
+            )
         return out
 
     return identities, open_sources

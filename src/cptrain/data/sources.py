@@ -55,9 +55,16 @@ class ResolvedSource:
             size = self.path_of(rel).stat().st_size if rel else 0
             h.update(f"{rel}\0{size}\n".encode())
         c = self.cfg
-        return {"name": c.name, "path": c.path, "format": c.format, "text_field": c.text_field,
-                "separator": c.separator, "split": c.split, "data_files": list(c.data_files),
-                "files": f"{len(self.files)} files, {h.hexdigest()}"}
+        return {
+            "name": c.name,
+            "path": c.path,
+            "format": c.format,
+            "text_field": c.text_field,
+            "separator": c.separator,
+            "split": c.split,
+            "data_files": list(c.data_files),
+            "files": f"{len(self.files)} files, {h.hexdigest()}",
+        }
 
 
 def resolve_source(cfg: SourceConfig, key: str) -> ResolvedSource:
@@ -79,8 +86,10 @@ def resolve_source(cfg: SourceConfig, key: str) -> ResolvedSource:
     else:
         raise DataError(f"{key}.path = {cfg.path!r}: no such file or folder")
     if not rels:
-        raise DataError(f"{key}.path = {cfg.path!r} matches no file; check the path or glob "
-                        f"(globs use ** for sub-folders)")
+        raise DataError(
+            f"{key}.path = {cfg.path!r} matches no file; check the path or glob "
+            f"(globs use ** for sub-folders)"
+        )
     return ResolvedSource(cfg, root, [(r, file_format(r, cfg.format)) for r in rels])
 
 
@@ -138,8 +147,18 @@ def file_order(src: ResolvedSource, seed: int, epoch: int, shuffle: bool) -> lis
     return order
 
 
-def iter_documents(src: ResolvedSource, *, split: str, shard: int, shards: int, eval_fraction: float,
-                   seed: int, shuffle: bool, cursor: Cursor = START, repeat: bool = True) -> Iterator[Item]:
+def iter_documents(
+    src: ResolvedSource,
+    *,
+    split: str,
+    shard: int,
+    shards: int,
+    eval_fraction: float,
+    seed: int,
+    shuffle: bool,
+    cursor: Cursor = START,
+    repeat: bool = True,
+) -> Iterator[Item]:
     """Documents of `split` ('train' | 'eval' | 'all') owned by `shard`, from `cursor`, forever if `repeat`.
 
     Skipped rows are yielded as Items with a reason (first epoch only, so each bad row counts once).
@@ -156,8 +175,9 @@ def iter_documents(src: ResolvedSource, *, split: str, shard: int, shards: int, 
             rel, fmt = src.files[ordinal]
             whole = fmt == "txt" and not c.separator  # one document per file: read only if ours
             if fmt == "datasets":
-                rows = dataset_rows(c.path, c.dataset_config, c.split, c.data_files, c.streaming,
-                                    c.text_field, row)
+                rows = dataset_rows(
+                    c.path, c.dataset_config, c.split, c.data_files, c.streaming, c.text_field, row
+                )
             elif whole:
                 rows = iter([Row(0, 1, -1, LAZY)] if row == 0 else [])
             else:
@@ -165,8 +185,13 @@ def iter_documents(src: ResolvedSource, *, split: str, shard: int, shards: int, 
             for r in rows:
                 if r.problem is not None:
                     if epoch == 0 and ordinal % shards == shard and split != "eval":
-                        yield Item([epoch, pos, r.row, r.offset, counter], [epoch, pos + 1, 0, -1, counter], rel,
-                                   reason=r.problem, line=r.line)
+                        yield Item(
+                            [epoch, pos, r.row, r.offset, counter],
+                            [epoch, pos + 1, 0, -1, counter],
+                            rel,
+                            reason=r.problem,
+                            line=r.line,
+                        )
                     continue
                 if counter % shards != shard:
                     counter += 1
@@ -193,9 +218,11 @@ def iter_documents(src: ResolvedSource, *, split: str, shard: int, shards: int, 
             return
         if not found:
             why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "no rows"
-            raise DataError(f"source {src.name!r} ({c.path}) has no usable {split} document for shard "
-                            f"{shard} of {shards} in a whole epoch ({why}); check text_field "
-                            f"{c.text_field!r}, or use fewer ranks x workers than it has documents")
+            raise DataError(
+                f"source {src.name!r} ({c.path}) has no usable {split} document for shard "
+                f"{shard} of {shards} in a whole epoch ({why}); check text_field "
+                f"{c.text_field!r}, or use fewer ranks x workers than it has documents"
+            )
         epoch, pos, row, offset, counter = epoch + 1, 0, 0, -1, 0
 
 

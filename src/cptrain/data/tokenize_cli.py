@@ -19,15 +19,19 @@ def load_recipe_tokenizer(recipe: str, overrides: list[str]):
 
     cfg = load_config(recipe, overrides)
     if cfg.model.path is None:
-        raise ConfigError(f"{recipe}: model.path is not set; the data pipeline needs the model's tokenizer "
-                          "(an HF directory, .gguf file or builtin:smollm2-135m)")
+        raise ConfigError(
+            f"{recipe}: model.path is not set; the data pipeline needs the model's tokenizer "
+            "(an HF directory, .gguf file or builtin:smollm2-135m)"
+        )
     return cfg, load_tokenizer(cfg.model.path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cptrain tokenize", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="path to a recipe .toml")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.cache_dir=/scratch/tok")
+    parser.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides, e.g. data.cache_dir=/scratch/tok"
+    )
     parser.add_argument("--force", action="store_true", help="rewrite shards that are up to date")
     ns = parser.parse_args(argv)
 
@@ -42,14 +46,18 @@ def main(argv: list[str] | None = None) -> int:
         src = resolve_source(source, f"data.sources[{i}]")
         meta = read_meta(data, src.name)
         if meta and not ns.force and meta["fingerprint"] == inputs_fingerprint(src, tokenizer.fingerprint):
-            print(f"{src.name}: up to date in {cache_dir(data, src.name)} ({meta['stats']['tokens']:,} tokens)")
+            print(
+                f"{src.name}: up to date in {cache_dir(data, src.name)} ({meta['stats']['tokens']:,} tokens)"
+            )
             continue
         start = time.perf_counter()
         meta = write_token_shard(data, src, tokenizer)
         stats, seconds = meta["stats"], time.perf_counter() - start
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(stats["skipped"].items())) or "none"
-        print(f"{src.name}: {stats['documents']:,} documents, {stats['tokens']:,} tokens in {seconds:.1f}s "
-              f"({stats['tokens'] / max(seconds, 1e-9):,.0f} tokens/s); skipped: {skipped} "
-              f"-> {cache_dir(data, src.name)}")
+        print(
+            f"{src.name}: {stats['documents']:,} documents, {stats['tokens']:,} tokens in {seconds:.1f}s "
+            f"({stats['tokens'] / max(seconds, 1e-9):,.0f} tokens/s); skipped: {skipped} "
+            f"-> {cache_dir(data, src.name)}"
+        )
     print('train from these shards with data.mode = "pretokenized"')
     return 0
