@@ -119,3 +119,24 @@ def test_eval_batches_are_held_out_fixed_and_padded_only_at_the_end(corpus, smol
     assert set(docs) == held_out  # every held-out document, nothing else (all fit in 50 batches)
     pad = torch.cat([b["document_ids"].flatten() for b in evals]) < 0
     assert not pad[: int(pad.long().argmax())].any() if pad.any() else True
+
+
+def test_bos_and_eos_follow_the_config_and_special_strings_in_text_stay_text(tmp_path, smollm_tokenizer):
+    texts = ["a plain document", "this one mentions <|im_end|> and <|endoftext|> in its text", "the end"]
+    path = write_jsonl(tmp_path / "s.jsonl", texts)
+    bos, endoftext = smollm_tokenizer.bos_token_id, smollm_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    cfg = data_config([{"path": str(path)}], eval_fraction=0.0, add_bos=True, eos_token="<|endoftext|>")
+    loader = build_train_loader(cfg, smollm_tokenizer, seq_len=16, micro_batch_size=2)
+    stream = input_stream([next(loader) for _ in range(6)])
+    docs = split_documents(stream, endoftext)
+    assert len(docs) >= 3 and all(d[0] == bos and d.count(endoftext) == 1 for d in docs)
+    assert smollm_tokenizer.eos_token_id not in stream.tolist()  # "<|im_end|>" in the text is not EOS
+    # "auto" follows the tokenizer's own convention: SmolLM2 adds no BOS
+    auto = build_train_loader(
+        data_config([{"path": str(path)}], eval_fraction=0.0),
+        smollm_tokenizer,
+        seq_len=16,
+        micro_batch_size=2,
+    )
+    first = split_documents(input_stream([next(auto) for _ in range(6)]), smollm_tokenizer.eos_token_id)
+    assert first and all(d[0] != bos for d in first)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -53,9 +55,16 @@ def test_resume_across_a_stage_switch(tmp_path, smollm_tokenizer):
     _check_resume(cfg, smollm_tokenizer, 13, 8, seq_len=40, micro_batch_size=2, micro_batches_per_step=2)
 
 
-def test_resume_at_the_very_start_and_state_is_plain_data(tmp_path, smollm_tokenizer):
+def test_resume_at_the_very_start(tmp_path, smollm_tokenizer):
+    _check_resume(_cfg(tmp_path), smollm_tokenizer, 0, 3, seq_len=40, micro_batch_size=2)
+
+
+def test_state_is_plain_data_that_survives_torch_save_weights_only(tmp_path, smollm_tokenizer):
     cfg = _cfg(tmp_path)
-    state = _check_resume(cfg, smollm_tokenizer, 0, 3, seq_len=40, micro_batch_size=2)
+    loader = build_train_loader(cfg, smollm_tokenizer, seq_len=40, micro_batch_size=2)
+    for _ in range(5):
+        next(loader)
+    state = loader.state_dict()
 
     def plain(x):
         if isinstance(x, dict):
@@ -65,6 +74,13 @@ def test_resume_at_the_very_start_and_state_is_plain_data(tmp_path, smollm_token
         return x is None or isinstance(x, (int, float, str, bool))
 
     assert plain(state)
+    # the trainer keeps it with torch.save and loads it back with weights_only=True
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    again = build_train_loader(cfg, smollm_tokenizer, seq_len=40, micro_batch_size=2)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    assert _same([next(loader) for _ in range(3)], [next(again) for _ in range(3)])
 
 
 def test_changed_data_config_is_an_error_naming_the_change(tmp_path, smollm_tokenizer):

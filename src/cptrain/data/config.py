@@ -75,7 +75,7 @@ class DataConfig:
     stages: list[StageConfig] = field(default_factory=list)  # optional mixture changes at given steps
     eval_fraction: float = 0.02  # held-out share of documents, chosen by a hash of the document name
     eval_max_documents: int = 64
-    add_bos: bool = False
+    add_bos: Literal["auto"] | bool = "auto"  # auto: as the tokenizer does (Llama 3 yes, SmolLM2 / Qwen no)
     eos_token: str | None = None  # default: the tokenizer's eos token
     seed: int = 1234  # shuffles file order per epoch; the mixture itself is deterministic
     shuffle_files: bool = True

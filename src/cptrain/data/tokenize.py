@@ -16,7 +16,7 @@ class DocumentTokenizer:
     told to encode special tokens found in text as ordinary text (`encode_special_tokens`).
     """
 
-    def __init__(self, tokenizer, add_bos: bool = False, eos_token: str | None = None):
+    def __init__(self, tokenizer, add_bos: bool | str = "auto", eos_token: str | None = None):
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise ConfigError(
@@ -38,6 +38,9 @@ class DocumentTokenizer:
         self.eos_id = self.backend.token_to_id(eos_token)
         if self.eos_id is None:
             raise ConfigError(f"data.eos_token = {eos_token!r} is not a token of this tokenizer")
+        if add_bos == "auto":  # the model's convention: does the tokenizer itself start a text with BOS?
+            bos = tokenizer.bos_token_id
+            add_bos = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
         self.bos_id = tokenizer.bos_token_id if add_bos else None
         if add_bos and self.bos_id is None:
             raise ConfigError(

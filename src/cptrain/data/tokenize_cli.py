@@ -13,17 +13,18 @@ from cptrain.configtools import ConfigError
 
 
 def load_recipe_tokenizer(recipe: str, overrides: list[str]):
-    """(Config, HF tokenizer of the recipe's model.path)."""
+    """(Config, the HF tokenizer the run would use: model.tokenizer, else model.path)."""
     from cptrain.config import load_config
     from cptrain.models.hf import load_tokenizer
 
     cfg = load_config(recipe, overrides)
-    if cfg.model.path is None:
+    source = cfg.model.tokenizer_source
+    if source is None:  # config validation normally catches this first
         raise ConfigError(
-            f"{recipe}: model.path is not set; the data pipeline needs the model's tokenizer "
+            f"{recipe}: set model.tokenizer or model.path; the data pipeline needs the model's tokenizer "
             "(an HF directory, .gguf file or builtin:smollm2-135m)"
         )
-    return cfg, load_tokenizer(cfg.model.path)
+    return cfg, load_tokenizer(source)
 
 
 def main(argv: list[str] | None = None) -> int:
