@@ -22,6 +22,7 @@ __all__ = ["Config", "ConfigError", "load_config"]
 class ModelConfig:
     preset: str | None = None  # a name from models/presets.py (random init unless `path` is given)
     path: str | None = None  # HF directory, .gguf file, or builtin:smollm2-135m
+    tokenizer: str | None = None  # tokenizer source when it differs from model.path (random-init presets)
     init: Literal["pretrained", "random"] = "pretrained"
     overrides: dict = field(default_factory=dict)  # shape fields on top of the preset, e.g. n_layers
     attention: Literal["auto", "sdpa", "flex", "reference"] = "auto"
@@ -43,6 +44,13 @@ class ModelConfig:
                               f"use {prefix}.init = 'random' to train a preset from scratch")
         ok = self.tiled_mlp in ("off", "auto") or (self.tiled_mlp.isdigit() and int(self.tiled_mlp) >= 1)
         require(ok, f"{prefix}.tiled_mlp", self.tiled_mlp, "'off', 'auto' or a tile count >= 1")
+        if self.tokenizer is None and self.path is None:
+            raise ConfigError(f"{prefix}.tokenizer is needed when {prefix}.path is unset "
+                              "(an HF directory, .gguf file or builtin:smollm2-135m to take the tokenizer from)")
+
+    @property
+    def tokenizer_source(self) -> str:
+        return self.tokenizer or self.path
 
 
 @dataclass
@@ -110,6 +118,8 @@ class CheckpointConfig:
     every_steps: int = 0  # 0: only at the end
     keep_latest_k: int = 2
     resume: str = "auto"  # auto (newest committed step in run_dir) | never | path to a step folder
+    load_optimizer: bool = True  # false: weights only (new optimizer, e.g. a CPT stage on new data)
+    load_data_state: bool = True  # false: restart the data stream (e.g. after changing the mix)
     save_final: bool = True
 
     def validate(self, prefix: str) -> None:

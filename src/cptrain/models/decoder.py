@@ -114,11 +114,16 @@ class Decoder(nn.Module):
             block.self_attn.backend = backend
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> None:
-        """Random init; also recomputes the RoPE buffer, which `to_empty()` leaves uninitialised."""
+    def init_buffers(self) -> None:
+        """Recompute the RoPE buffer, which `to_empty()` leaves uninitialised. Call before loading weights."""
         inv_freq, _ = rope_frequencies(self.args.head_size, self.args.rope_theta, self.args.rope_scaling,
                                        self.args.max_seq_len)
         self.inv_freq.copy_(inv_freq.to(self.inv_freq.device))
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random init of every parameter (and the buffers)."""
+        self.init_buffers()
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=std)

@@ -138,7 +138,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
         model = Decoder(args)
     sd = hf_to_native(load_hf_state_dict(path), model)
     model.to_empty(device=device)
-    model.init_weights()  # RoPE buffer; every parameter is overwritten below
+    model.init_buffers()
     tie_weights(model)
     model.load_state_dict(sd, strict=True)
     return model.to(dtype)

@@ -1,0 +1,117 @@
+"""Checkpoints: `checkpoints/step-N/` through torch.distributed.checkpoint, committed by a marker.
+
+Layout of one step folder:
+  model/ and optim/   DCP shards (topology-free: a different world size can load them)
+  rank-R.pt           this rank's data-loader position and RNG (plain tensors/dicts; weights_only load)
+  train_state.json    step, tokens seen, scheduler state, world size
+  COMMITTED           written last by rank 0 after every rank finished; without it the folder is ignored
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+MARKER = "COMMITTED"
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def committed_steps(ckpt_dir: Path) -> list[Path]:
+    """Committed step folders, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = _STEP.match(p.name)
+        if m and (p / MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def find_resume(run_dir: Path, resume: str) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        steps = committed_steps(run_dir / "checkpoints")
+        return steps[-1] if steps else None
+    path = Path(resume)
+    if not (path / MARKER).is_file():
+        raise FileNotFoundError(f"checkpoint.resume = {resume!r} is not a committed step folder "
+                                f"(expected {path / MARKER}); point it at checkpoints/step-N")
+    return path
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(step_dir: Path, model, optimizer, *, train_state: dict, data_state: dict, keep_latest_k: int) -> None:
+    """Collective: every rank calls it. Rank 0 writes the marker last and prunes old steps."""
+    rank = dist.get_rank()
+    if rank == 0 and step_dir.exists():  # an uncommitted leftover of a crashed save
+        shutil.rmtree(step_dir)
+    dist.barrier()
+    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(step_dir / "model"))
+    dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(step_dir / "optim"))
+    torch.save({"data": data_state, "rng": rng_state()}, step_dir / f"rank-{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        state = {**train_state, "world_size": dist.get_world_size(), "saved_at": time.time()}
+        (step_dir / "train_state.json").write_text(json.dumps(state, indent=2))
+        (step_dir / MARKER).write_text(str(state["step"]))
+        if keep_latest_k > 0:
+            for old in committed_steps(step_dir.parent)[:-keep_latest_k]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load(step_dir: Path, model, optimizer=None, *, load_rank_state: bool = True) -> tuple[dict, dict | None]:
+    """Restore model (and optimizer) in place; return (train_state, this rank's data state or None)."""
+    train_state = json.loads((step_dir / "train_state.json").read_text())
+    msd = {"model": get_model_state_dict(model)}
+    dcp.load(msd, checkpoint_id=str(step_dir / "model"))
+    set_model_state_dict(model, msd["model"])
+    if optimizer is not None:
+        osd = {"optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(osd, checkpoint_id=str(step_dir / "optim"))
+        set_optimizer_state_dict(model, optimizer, osd["optim"])
+    if not load_rank_state:
+        return train_state, None
+    rank_file = step_dir / f"rank-{dist.get_rank()}.pt"
+    if train_state["world_size"] != dist.get_world_size() or not rank_file.is_file():
+        raise RuntimeError(
+            f"{step_dir} was written by {train_state['world_size']} ranks, this job has "
+            f"{dist.get_world_size()}: the data position of each rank cannot be mapped. Resume with the same "
+            "number of ranks, or set checkpoint.load_data_state=false to keep weights and optimizer and "
+            "restart the data stream")
+    rank_state = torch.load(rank_file, weights_only=True)
+    set_rng_state(rank_state["rng"])
+    return train_state, rank_state["data"]
+
+
+def full_model_state_dict(model) -> dict[str, torch.Tensor]:
+    """Full (unsharded) CPU state dict on rank 0, empty elsewhere; collective."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

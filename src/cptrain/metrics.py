@@ -1,0 +1,93 @@
+"""Run metrics: a console progress line with ETA, metrics.jsonl, optional TensorBoard / W&B."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+GIB = 1024**3
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GIB
+    return 0.0
+
+
+class MetricsLogger:
+    """Rank 0 writes; other ranks construct it with `enabled=False` and every call is a no-op."""
+
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, tensorboard: bool = False,
+                 wandb_project: str | None = None, config: dict | None = None):
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.start = time.perf_counter()
+        self.start_step: int | None = None
+        self._jsonl = (run_dir / "metrics.jsonl").open("a") if enabled else None
+        self._tb = self._wandb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("logging.tensorboard needs tensorboard: pip install tensorboard") from e
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if enabled and wandb_project:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("logging.wandb_project needs wandb: pip install wandb") from e
+            self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config or {})
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def progress(self, step: int, values: dict) -> None:
+        """One console line: step, loss, lr, tokens/s, memory, ETA."""
+        if not self.enabled:
+            return
+        if self.start_step is None:
+            self.start_step, self.start = step - 1, time.perf_counter()
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1) * (self.total_steps - step)
+        parts = [f"step {step}/{self.total_steps}", f"loss {values['loss']:.4f}", f"lr {values['lr']:.2e}",
+                 f"tok/s {values['tokens_per_s']:,.0f}"]
+        if values.get("mfu"):
+            parts.append(f"mfu {values['mfu'] * 100:.1f}%")
+        if values.get("peak_mem_gib"):
+            parts.append(f"mem {values['peak_mem_gib']:.1f}GiB")
+        parts.append(f"eta {format_eta(eta)}")
+        print(" | ".join(parts), flush=True)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,42 @@
+"""Apply parallelism and memory policies to a meta-device decoder, in one fixed order.
+
+Order matters: activation checkpointing wraps each block, then each block is compiled, then FSDP2
+shards each block and finally the root (so embeddings, final norm and lm_head share one group and
+tied weights stay tied). Call on the meta-device model, before `to_empty()` and weight loading.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from cptrain.models.decoder import Decoder
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def param_dtype_for(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[setting]
+
+
+def parallelize(model: Decoder, mesh, *, param_dtype: torch.dtype, reduce_dtype: torch.dtype,
+                activation_checkpointing: str = "none", compile_blocks: bool = False) -> Decoder:
+    # 1. activation checkpointing: recompute each block in backward
+    if activation_checkpointing == "full":
+        for key, block in list(model.layers.items()):
+            model.layers[key] = checkpoint_wrapper(block, preserve_rng_state=False)
+    # 2. per-block compile: identical blocks share one compiled graph
+    if compile_blocks:
+        for key, block in list(model.layers.items()):
+            model.layers[key] = torch.compile(block, fullgraph=False)
+    # 3. FSDP2: one group per block, the rest in the root group
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    n = len(model.layers)
+    for i, block in enumerate(model.layers.values()):
+        # the last block's parameters are needed again right away in backward: keep them gathered
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    return model

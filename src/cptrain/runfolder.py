@@ -1,0 +1,105 @@
+"""The run folder: the same layout on one CPU and on many GPUs.
+
+  config.resolved.toml  model_args.json  tokenizer/  metrics.jsonl  checkpoints/step-N/
+  samples/  report/summary.json  report/data.json  hf/ (when train.export_hf)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cptrain import checkpoint
+from cptrain.config import Config
+from cptrain.metrics import peak_memory_gib
+from cptrain.models.decoder import IGNORE_INDEX
+from cptrain.models.presets import ModelArgs, count_parameters
+
+
+class RunFolder:
+    def __init__(self, path: Path, is_main: bool):
+        self.path = path
+        self.is_main = is_main
+
+    def prepare(self, cfg: Config) -> None:
+        if self.is_main:
+            for sub in ("checkpoints", "samples", "report"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            (self.path / "config.resolved.toml").write_text(cfg.to_toml())
+        dist.barrier()
+
+    def save_model_info(self, args: ModelArgs, tokenizer) -> None:
+        if self.is_main:
+            (self.path / "model_args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+            tokenizer.save_pretrained(self.path / "tokenizer")
+
+    def write_sample(self, tag: str, text: str) -> None:
+        if self.is_main:
+            (self.path / "samples" / f"{tag}.txt").write_text(text)
+
+    def save_checkpoint(self, trainer, loader, keep_latest_k: int) -> Path:
+        step_dir = self.path / "checkpoints" / f"step-{trainer.step}"
+        checkpoint.save(step_dir, trainer.model, trainer.optimizer, data_state=loader.state_dict(),
+                        train_state={"step": trainer.step, "tokens_seen": trainer.tokens_seen},
+                        keep_latest_k=keep_latest_k)
+        return step_dir
+
+    def export(self, model, args: ModelArgs, tokenizer) -> None:
+        from cptrain.export import export_state_dict
+
+        sd = checkpoint.full_model_state_dict(model)
+        if self.is_main:
+            out = export_state_dict(args, sd, self.path / "hf", tokenizer, dtype=torch.bfloat16)
+            print(f"exported Hugging Face model to {out}", flush=True)
+        dist.barrier()
+
+    def write_summary(self, summary: dict) -> None:
+        if self.is_main:
+            data_report = summary.pop("data_report", None)
+            (self.path / "report" / "summary.json").write_text(json.dumps(summary, indent=2))
+            if data_report:
+                (self.path / "report" / "data.json").write_text(json.dumps(data_report, indent=2, default=str))
+
+
+def _flops_per_step(args: ModelArgs, micro: list[dict], dp: int) -> float:
+    """Training FLOPs of this rank's micro-batches x dp (cptrain.flops convention when available)."""
+    try:
+        from cptrain.flops import training_flops
+    except ImportError:
+        training_flops = None
+    if training_flops is None:
+        tokens = sum(b["input_ids"].numel() for b in micro)
+        return 6.0 * count_parameters(args)["non_embedding"] * tokens * dp
+    lengths = []
+    for b in micro:
+        for row in b["document_ids"]:
+            lengths += torch.unique_consecutive(row, return_counts=True)[1].tolist()
+    return training_flops(args, lengths) * dp
+
+
+def step_metrics(out: dict, micro: list[dict], dt: float, t_data: float, dp: int, args: ModelArgs,
+                 device: torch.device) -> dict:
+    tokens = sum(b["input_ids"].numel() for b in micro) * dp
+    values = {
+        "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+        "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / dp,
+        "label_tokens": out["tokens"], "step_time_s": dt, "data_wait_frac": t_data / dt,
+        "peak_mem_gib": peak_memory_gib(device), "skipped": out["skipped"],
+    }
+    if device.type == "cuda":
+        try:
+            from cptrain.flops import peak_bf16_flops
+        except ImportError:
+            peak_bf16_flops = None
+        peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if peak_bf16_flops else None
+        if peak:
+            values["mfu"] = _flops_per_step(args, micro, dp) / dt / (peak * dp)
+    values["padding_frac"] = float(sum(int((b["document_ids"] < 0).sum()) for b in micro)) / max(
+        1, sum(b["input_ids"].numel() for b in micro))
+    values["ignored_frac"] = float(sum(int((b["labels"] == IGNORE_INDEX).sum()) for b in micro)) / max(
+        1, sum(b["labels"].numel() for b in micro))
+    return values

@@ -1,0 +1,203 @@
+"""The trainer: build everything from a Config, then the step loop.
+
+Loss is averaged per token over the whole global batch (all ranks, all micro-batches), not as a mean
+of per-micro-batch means, so results do not depend on how a batch is split.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cptrain import checkpoint
+from cptrain.config import Config
+from cptrain.configtools import ConfigError
+from cptrain.models.decoder import IGNORE_INDEX
+from cptrain.optim import apply_freeze, build_optimizer
+from cptrain.schedule import build_scheduler, lr_multiplier
+
+
+def grad_accum_steps(cfg: Config, dp: int) -> int:
+    per_step = cfg.train.micro_batch_size * dp
+    total = cfg.train.global_batch_size or per_step
+    if total % per_step:
+        raise ConfigError(f"train.global_batch_size = {total} must be a multiple of micro_batch_size x "
+                          f"data-parallel ranks = {cfg.train.micro_batch_size} x {dp}")
+    return total // per_step
+
+
+class Trainer:
+    """Owns model, optimizer, scheduler and the step counter; data comes in as lists of micro-batches."""
+
+    def __init__(self, cfg: Config, model, device: torch.device):
+        self.cfg, self.model, self.device = cfg, model, device
+        if cfg.optim.freeze:
+            apply_freeze(model, cfg.optim.freeze)
+        self.optimizer = build_optimizer(model, cfg.optim, device.type)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.train.steps)
+        self.step = 0
+        self.tokens_seen = 0
+        self.skipped_steps = 0
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        """One optimizer step over this rank's micro-batches; returns global loss and token counts."""
+        model, dev = self.model, self.device
+        local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
+        counts = torch.tensor([local_tokens], dtype=torch.float64, device=dev)
+        dist.all_reduce(counts)
+        global_tokens = max(counts.item(), 1.0)
+        # FSDP averages gradients over ranks; undo that so the result is sum(loss) / global_tokens
+        scale = dist.get_world_size() / global_tokens
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        for i, b in enumerate(micro_batches):
+            b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
+            model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            loss = model(b["input_ids"], b["position_ids"], b["document_ids"], b["labels"])
+            (loss * scale).backward()
+            loss_sum += loss.detach().double()
+        dist.all_reduce(loss_sum)
+        params = [p for p in model.parameters() if p.grad is not None]
+        max_norm = self.cfg.train.max_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        loss_value = (loss_sum / global_tokens).item()
+        finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+        lr = self.cfg.optim.lr * lr_multiplier(self.step, self.cfg.schedule, self.cfg.train.steps)
+        if finite or not self.cfg.train.skip_nan_steps:
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.tokens_seen += int(global_tokens)
+        return {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "tokens": int(global_tokens),
+                "skipped": not finite}
+
+
+class StopFlag:
+    """SIGTERM / SIGUSR1 (SLURM's pre-emption warning) ask for a checkpoint and a clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. in tests)
+                pass
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def agreed(self, device: torch.device) -> bool:
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def restore_schedule(trainer: Trainer, step: int) -> None:
+    """Put the LambdaLR at `step`: the schedule is a pure function of the step."""
+    trainer.scheduler.last_epoch = step
+    for group, base in zip(trainer.optimizer.param_groups, trainer.scheduler.base_lrs):
+        group["lr"] = base * lr_multiplier(step, trainer.cfg.schedule, trainer.cfg.train.steps)
+
+
+def run(cfg: Config) -> dict:
+    """Train as configured; works as a plain process, under torchrun and under srun."""
+    from cptrain.parallel.dims import init_distributed, shutdown
+
+    env = init_distributed(cfg.train.device)
+    try:
+        return _run(cfg, env)
+    finally:
+        shutdown()
+
+
+def _run(cfg: Config, env) -> dict:
+    from cptrain.data import build_eval_batches, build_train_loader
+    from cptrain.evaluate import generate, heldout_loss
+    from cptrain.metrics import MetricsLogger
+    from cptrain.models.build import build_model, model_args
+    from cptrain.models.hf import load_tokenizer
+    from cptrain.parallel.dims import build_mesh
+    from cptrain.runfolder import RunFolder, step_metrics
+
+    folder = RunFolder(Path(cfg.train.run_dir), env.is_main)
+    folder.prepare(cfg)
+    torch.manual_seed(cfg.train.seed)
+    mesh = build_mesh(cfg.parallel, env)
+    dp = env.world_size
+    accum = grad_accum_steps(cfg, dp)
+    tokenizer = load_tokenizer(cfg.model.tokenizer_source)
+    args = model_args(cfg.model)
+    folder.save_model_info(args, tokenizer)
+    model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
+                        micro_batch_size=cfg.train.micro_batch_size)
+    trainer = Trainer(cfg, model, env.device)
+    data_kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
+    loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.data.seed, **data_kw)
+    eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
+    log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
+                        cfg.logging.wandb_project)
+
+    resume_from = checkpoint.find_resume(folder.path, cfg.checkpoint.resume)
+    if resume_from is not None:
+        optimizer = trainer.optimizer if cfg.checkpoint.load_optimizer else None
+        state, data_state = checkpoint.load(resume_from, model, optimizer,
+                                            load_rank_state=cfg.checkpoint.load_data_state)
+        trainer.step, trainer.tokens_seen = state["step"], state.get("tokens_seen", 0)
+        restore_schedule(trainer, trainer.step)
+        if data_state is not None:
+            loader.load_state_dict(data_state)
+        log.info(f"resumed from {resume_from} at step {trainer.step}")
+
+    def evaluate(tag: str) -> dict:
+        result = heldout_loss(model, eval_batches, env.device)
+        sample = generate(model, tokenizer, cfg.eval.sample_prompt, cfg.eval.sample_tokens, env.device)
+        folder.write_sample(tag, sample)
+        log.info(f"[eval {tag}] held-out loss {result['loss']:.4f} (ppl {result['perplexity']:.2f}, "
+                 f"{result['tokens']} tokens)")
+        log.log(trainer.step, {f"eval/{k}": v for k, v in result.items()})
+        return result
+
+    summary = {"before": evaluate(f"step-{trainer.step}-before")}
+    stop = StopFlag()
+    started = time.perf_counter()
+    while trainer.step < cfg.train.steps:
+        t0 = time.perf_counter()
+        micro = [next(loader) for _ in range(accum)]
+        t_data = time.perf_counter() - t0
+        out = trainer.train_step(micro)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if trainer.step % cfg.logging.every_steps == 0 or trainer.step == cfg.train.steps:
+            values = step_metrics(out, micro, dt, t_data, dp, args, env.device)
+            log.log(trainer.step, values)
+            log.progress(trainer.step, values)
+        if cfg.eval.every_steps and trainer.step % cfg.eval.every_steps == 0 and trainer.step < cfg.train.steps:
+            evaluate(f"step-{trainer.step}")
+        every = cfg.checkpoint.every_steps
+        if stop.agreed(env.device) or (every and trainer.step % every == 0 and trainer.step < cfg.train.steps):
+            folder.save_checkpoint(trainer, loader, cfg.checkpoint.keep_latest_k)
+            if stop.requested:
+                log.info(f"stop requested: checkpoint saved at step {trainer.step}, exiting")
+                return {"stopped_at": trainer.step}
+    train_seconds = time.perf_counter() - started
+    summary["after"] = evaluate(f"step-{trainer.step}-after")
+    if cfg.checkpoint.save_final:
+        folder.save_checkpoint(trainer, loader, cfg.checkpoint.keep_latest_k)
+    if cfg.train.export_hf:
+        folder.export(model, args, tokenizer)
+    summary.update(steps=trainer.step, train_seconds=round(train_seconds, 1), skipped_steps=trainer.skipped_steps,
+                   tokens_seen=trainer.tokens_seen, data_report=getattr(loader, "report", dict)())
+    folder.write_summary(summary)
+    log.info(f"held-out loss {summary['before']['loss']:.4f} -> {summary['after']['loss']:.4f} "
+             f"in {train_seconds:.0f}s of training; run folder {folder.path}")
+    log.close()
+    return summary
