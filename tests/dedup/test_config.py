@@ -144,3 +144,28 @@ def test_missing_inputs_name_the_pattern(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no .jsonl"):
         resolve_inputs([str(tmp_path / "empty")])
+
+
+def test_user_guide_documents_every_key():
+    from pathlib import Path
+
+    guide = (Path(__file__).parents[2] / "docs" / "dedup.md").read_text()
+    missing = [key for key, *_ in config_keys() if f"| `{key}` |" not in guide]
+    assert missing == []
+
+
+def test_without_datatrove_the_package_and_dry_run_work_and_a_run_names_the_extra(tmp_path):
+    # a child interpreter where `import datatrove` fails, as on an install without the dedup extra
+    code = f"""
+import sys
+sys.modules["datatrove"] = None
+import cptrain, cptrain.cli
+from cptrain.data.dedup import main
+(p := __import__("pathlib").Path({str(tmp_path)!r}) / "a.jsonl").write_text('{{"text": "x"}}\\n')
+args = ["--input.paths", str(p), "--output.dir", str(p.parent / "out")]
+assert main([*args, "--dry-run"]) == 0
+sys.exit(main(args))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 1, run.stderr
+    assert "pip install 'cptrain[dedup]'" in run.stderr

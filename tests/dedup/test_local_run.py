@@ -97,3 +97,17 @@ def test_quality_filters_and_parquet_output(filters_run, corpus):
     assert reasons and all(n > 0 for n in reasons.values())
     assert any("lorem_ipsum" in r for r in reasons)
     assert "near dedup" not in {s["stage"] for s in filters_run["report"]["stages"]}
+
+
+def test_parquet_shards_read_back_as_input(filters_run, tmp_path):
+    """Another dedup over parquet output: nothing left to remove, every row comes through."""
+    from cptrain.data.dedup_run import run_dedup
+    from tests.dedup.conftest import dedup_config
+
+    before = output_rows(filters_run["out"] / "data")
+    cfg = dedup_config(str(filters_run["out"] / "data"), tmp_path / "again", "executor.workers=1")
+    report = run_dedup(cfg)
+    after = output_rows(tmp_path / "again" / "data")
+    assert sorted(r["id"] for r in after) == sorted(r["id"] for r in before)
+    assert report["input"]["files"] == len(list((filters_run["out"] / "data").iterdir()))
+    assert {s["docs_in"] - s["docs_out"] for s in report["stages"]} == {0}

@@ -14,7 +14,10 @@ import typing
 from cptrain.configtools import ConfigError, to_dict
 
 USAGE = "usage: cptrain dedup [CONFIG.toml] [--section.key value ...] [--dry-run] [--help]"
-INSTALL_HINT = "cptrain dedup needs datatrove: pip install 'cptrain[dedup]'"
+INSTALL_HINT = (
+    "cptrain dedup needs datatrove and a few helpers: pip install 'cptrain[dedup]' "
+    '(word_tokenizer = "datatrove" also needs spacy)'
+)
 
 
 def config_keys() -> list[tuple[str, typing.Any, typing.Any, str]]:
@@ -130,7 +133,7 @@ def main(argv: list[str]) -> int:
     try:
         info = run_dedup(cfg)
     except ImportError as e:  # datatrove or one of its optional pieces (orjson, xxhash, pyarrow, spacy)
-        print(f"cptrain dedup: {INSTALL_HINT} ({e})", file=sys.stderr)
+        print(f"cptrain dedup: missing dependency: {e}\n{INSTALL_HINT}", file=sys.stderr)
         return 1
     if info is not None:
         first, last = info["stages"][0], info["stages"][-1]
@@ -138,6 +141,8 @@ def main(argv: list[str]) -> int:
             f"cptrain dedup: {first['docs_in']:,} documents in, {last['docs_out']:,} out; "
             f"shards in {info['output']['dir']}; report: {info['run_dir']}/report.md"
         )
+        if last["docs_out"] == 0:
+            print("cptrain dedup: warning: every document was removed; see the report", file=sys.stderr)
     return 0
 
 

@@ -177,7 +177,9 @@ class DedupConfig:
     minhash: MinhashConfig = field(default_factory=MinhashConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    language: str = _key("en", "language code for datatrove's word tokenizer and the Gopher stop words")
+    language: str = _key(
+        "en", 'language code of the text, for datatrove\'s word tokenizer (word_tokenizer = "datatrove")'
+    )
     word_tokenizer: Literal["fast", "datatrove"] = _key(
         "fast",
         "fast: regex words (space-separated languages, ~100x faster); datatrove: its tokenizer for "

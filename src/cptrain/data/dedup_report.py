@@ -33,6 +33,8 @@ def merged_stats(stage_logs: Path) -> dict[str, dict[str, float]]:
     merged: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for path in sorted((stage_logs / "stats").glob("*.json")):
         for step in json.loads(path.read_text()):
+            # a step that counted nothing (every document filtered out) still shows up, with zeros
+            merged.setdefault(step["name"], defaultdict(float))
             for metric, value in step.get("stats", {}).items():
                 merged[step["name"]][metric] += _total(value)
     return {name: dict(metrics) for name, metrics in merged.items()}

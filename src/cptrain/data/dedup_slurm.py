@@ -111,7 +111,7 @@ def _queued(job_ids: set[str]) -> list[tuple[str, str, str]]:
 
 
 def _first_unfinished(executors: list[StageExecutor], stages: list[Stage]) -> tuple[Stage, list[int]] | None:
-    for executor, stage in zip(executors, stages):
+    for executor, stage in zip(executors, stages, strict=True):
         missing = executor.get_incomplete_ranks(skip_completed=True)
         if missing:
             return stage, missing
@@ -148,7 +148,7 @@ def run_slurm(cfg: DedupConfig, layout: RunLayout, stages: list[Stage]) -> bool:
     """Submit all stages; with slurm.wait, block until done (True). Without, print the job ids (False)."""
     executors = build_executors(cfg, layout, stages)
     executors[-1].launch_job()  # launches the dependency chain first
-    for executor, stage in zip(executors, stages):
+    for executor, stage in zip(executors, stages, strict=True):
         state = "already finished" if executor.job_id == -1 else f"job {executor.job_id}"
         print(f"cptrain dedup: stage {stage.name}: {state}", file=sys.stderr)
     if not cfg.slurm.wait:
