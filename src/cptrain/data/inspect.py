@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{totals[source.name]:>16} {skipped}"
         )
     for i, stage in enumerate(data.stages, start=1):
-        shares = ", ".join(f"{n}: {v:.1%}" for n, v in report["stages"][i]["target_shares"].items())
+        mix = report["stages"][i]
+        shares = ", ".join(
+            f"{n}: {v:.1%}" + (f" (sample {mix['realized_shares'][n]:.1%})" if mix["tokens"] else "")
+            for n, v in mix["target_shares"].items()
+        )
         print(f"stage {i} from step {stage.start_step}: {shares}")
     p = report["packing"]
     print(
