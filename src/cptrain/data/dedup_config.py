@@ -38,7 +38,9 @@ class InputConfig:
 class OutputConfig:
     dir: str = _key("", "run folder: data/ (the shards to train on), removed/, report.md, work/, logs/")
     format: Literal["jsonl.gz", "parquet"] = _key("jsonl.gz", "format of the shards in <dir>/data")
-    shard_mb: int = _key(0, "start a new jsonl.gz shard after this many MB (0: one shard per task)")
+    shard_mb: int = _key(
+        0, "start a new shard after this many MB of uncompressed text (0: one shard per task)"
+    )
     keep_removed: bool = _key(True, "write removed documents to <dir>/removed/<stage>/ for auditing")
 
     def validate(self, prefix: str) -> None:
