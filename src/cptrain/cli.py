@@ -86,21 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=_generate)
 
-    for name, module, text in [
-        ("inspect-data", "cptrain.data.inspect", "mixture table, token counts, packing, a sample row"),
-        ("tokenize", "cptrain.data.tokenize_cli", "write memory-mapped token shards for a recipe"),
-        ("dedup", "cptrain.data.dedup", "deduplicate and filter text with datatrove"),
+    for name, text in [
+        ("inspect-data", "mixture table, token counts, packing, a sample row"),
+        ("tokenize", "write memory-mapped token shards for a recipe"),
+        ("dedup", "deduplicate and filter text with datatrove"),
     ]:
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_forward_to(module))
+        p.set_defaults(func=_forward_to(FORWARDED[name]))
     return parser
 
 
+FORWARDED = {"inspect-data": "cptrain.data.inspect", "tokenize": "cptrain.data.tokenize_cli",
+             "dedup": "cptrain.data.dedup"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv and argv[0] in FORWARDED:  # argparse's REMAINDER drops leading --flags: hand over argv whole
+            import importlib
+
+            return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:]) or 0
+        ns = build_parser().parse_args(argv)
         return ns.func(ns)
     except ConfigError as e:
         print(f"cptrain: error: {e}", file=sys.stderr)

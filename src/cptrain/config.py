@@ -160,6 +160,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     export_hf: bool = False  # write an HF directory into run_dir/hf at the end
     skip_nan_steps: bool = True
+    stop_at_step: int = 0  # >0: checkpoint and exit after this step, as a pre-emption would (resume goes on)
 
     def validate(self, prefix: str) -> None:
         require(self.steps >= 1, f"{prefix}.steps", self.steps, ">= 1")

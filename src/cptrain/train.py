@@ -140,7 +140,8 @@ def _run(cfg: Config, env) -> dict:
                         micro_batch_size=cfg.train.micro_batch_size)
     trainer = Trainer(cfg, model, env.device)
     data_kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
-    loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.data.seed, **data_kw)
+    loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
+                                micro_batches_per_step=accum, **data_kw)
     eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
     log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
                         cfg.logging.wandb_project)
@@ -183,6 +184,8 @@ def _run(cfg: Config, env) -> dict:
         if cfg.eval.every_steps and trainer.step % cfg.eval.every_steps == 0 and trainer.step < cfg.train.steps:
             evaluate(f"step-{trainer.step}")
         every = cfg.checkpoint.every_steps
+        if trainer.step == cfg.train.stop_at_step:
+            stop.requested = True
         if stop.agreed(env.device) or (every and trainer.step % every == 0 and trainer.step < cfg.train.steps):
             folder.save_checkpoint(trainer, loader, cfg.checkpoint.keep_latest_k)
             if stop.requested:
