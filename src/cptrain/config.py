@@ -112,6 +112,11 @@ class PrecisionConfig:
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     fp8: bool = False
 
+    def validate(self, prefix: str) -> None:
+        if self.fp8:
+            raise ConfigError(f"{prefix}.fp8 = true: FP8 training is not implemented in this version; "
+                              "remove the key (bf16 is used on GPUs)")
+
 
 @dataclass
 class CheckpointConfig:

@@ -85,4 +85,4 @@ def test_grad_accumulation_4x1_equals_1x4():
     for a, b in zip(accum, single):
         assert abs(a - b) < 1e-6, (accum, single)
     for k in p_accum:
-        torch.testing.assert_close(p_accum[k], p_single[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(p_accum[k], p_single[k], rtol=0, atol=1e-4)  # Adam: see above
