@@ -22,7 +22,6 @@ import resource
 import shlex
 import statistics
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import device_info, fmt, markdown_table, write_results
+
+from cptrain.data.sources import stdlib_files
 
 NOTES = """\
 Machine: {cpu}, {cores} vCPUs shared with other jobs (load average ~2 during the run), tokenizers
@@ -61,12 +62,10 @@ Machine: {cpu}, {cores} vCPUs shared with other jobs (load average ~2 during the
 
 def write_paragraphs_jsonl(path: Path, max_docs: int = 40_000) -> Path:
     """Paragraphs (split at blank lines) of the stdlib sources: many short documents."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root, rels = stdlib_files()
     n = 0
     with path.open("w") as f:
-        for src in sorted(root.rglob("*.py")):
-            if "site-packages" in src.parts:
-                continue
+        for src in (root / r for r in rels):
             try:
                 text = src.read_text(encoding="utf-8")
             except (UnicodeDecodeError, OSError):

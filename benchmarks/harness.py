@@ -182,15 +182,14 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 def write_stdlib_jsonl(out_dir: Path, max_bytes: int = 16 * 2**20) -> Path:
     """A jsonl of {"text": ...} documents made of this Python's standard library sources (no download)."""
-    import sysconfig
+    from cptrain.data.sources import stdlib_files
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "stdlib.jsonl"
     total = 0
+    root, rels = stdlib_files()
     with path.open("w") as f:
-        for src in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-            if "site-packages" in src.parts:
-                continue
+        for src in (root / r for r in rels):
             try:
                 text = src.read_text(encoding="utf-8")
             except (UnicodeDecodeError, OSError):

@@ -67,13 +67,18 @@ class ResolvedSource:
         }
 
 
+def stdlib_files() -> tuple[Path, list[str]]:
+    """The built-in corpus: (stdlib root, sorted relative paths of its .py files, site-packages excluded)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return root, [r for r in _walk(root) if r.endswith(".py") and "site-packages" not in Path(r).parts]
+
+
 def resolve_source(cfg: SourceConfig, key: str) -> ResolvedSource:
     """List the files of one source; a path matching nothing is a DataError naming `key`."""
     if cfg.format == "datasets":
         return ResolvedSource(cfg, Path("."), [("", "datasets")])
     if cfg.path == STDLIB:
-        root = Path(sysconfig.get_paths()["stdlib"])
-        rels = [r for r in _walk(root) if r.endswith(".py") and "site-packages" not in Path(r).parts]
+        root, rels = stdlib_files()
         return ResolvedSource(cfg, root, [(r, "txt") for r in rels])
     path = os.path.expanduser(cfg.path)
     if GLOB_CHARS & set(path):

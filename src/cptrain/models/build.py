@@ -12,7 +12,7 @@ import torch.distributed as dist
 from cptrain.config import ModelConfig, PrecisionConfig
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import ModelArgs, get_preset
-from cptrain.parallel.parallelize import DTYPES, param_dtype_for, parallelize
+from cptrain.parallel.parallelize import DTYPES, parallelize, param_dtype_for
 
 
 def model_args(cfg: ModelConfig) -> ModelArgs:

@@ -45,7 +45,7 @@ class ModelArgs:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model: {name}={getattr(self, name)} must be >= 1")
 
-    def replace(self, **changes) -> "ModelArgs":
+    def replace(self, **changes) -> ModelArgs:
         names = {f.name for f in dataclasses.fields(self)}
         for key in changes:
             if key not in names:
