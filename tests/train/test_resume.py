@@ -54,3 +54,22 @@ def test_resume_is_bitwise_identical(tmp_path, corpus):
     assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # exact float equality
     summary = json.loads((resumed / "report" / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["after"]["loss"] < summary["before"]["loss"]
+
+
+def test_export_cli_loads_in_transformers(tmp_path, corpus):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cptrain.cli import main
+    from cptrain.models.hf import load_pretrained
+
+    run_dir = tmp_path / "run"
+    run(_cfg(run_dir, corpus, "train.steps=2", "checkpoint.every_steps=0"))
+    assert main(["export", str(run_dir), str(tmp_path / "hf"), "--dtype", "fp32"]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = tok("def f(x):\n    return x + 1\n", return_tensors="pt")["input_ids"]
+    native = load_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert (hf(ids).logits - native(ids)).abs().max() < 1e-4
+    assert hf.config.vocab_size == 49152 and hf.config.num_hidden_layers == 2

@@ -1,0 +1,55 @@
+"""Parameter groups: no decay on norms/biases, LR multipliers for embeddings and lm_head, freezing."""
+
+import pytest
+import torch
+
+from cptrain.config import OptimConfig
+from cptrain.configtools import ConfigError
+from cptrain.models.decoder import Decoder
+from cptrain.models.presets import get_preset
+from cptrain.optim import apply_freeze, build_optimizer, param_groups
+
+
+def model(**shape):
+    m = Decoder(get_preset("debug").replace(**shape))
+    m.init_weights()
+    return m
+
+
+def group_of(groups, param):
+    return next(g for g in groups if any(p is param for p in g["params"]))
+
+
+def test_groups_decay_and_multipliers():
+    m = model(qkv_bias=True, family="qwen2")
+    cfg = OptimConfig(lr=1e-3, weight_decay=0.1, embedding_lr_mult=0.1, lm_head_lr_mult=0.5)
+    groups = param_groups(m, cfg)
+    assert group_of(groups, m.embed_tokens.weight)["lr"] == pytest.approx(1e-4)
+    assert group_of(groups, m.lm_head.weight)["lr"] == pytest.approx(5e-4)
+    attn = m.layers["0"].self_attn
+    assert group_of(groups, attn.q_proj.weight)["weight_decay"] == 0.1
+    assert group_of(groups, attn.q_proj.bias)["weight_decay"] == 0.0
+    assert group_of(groups, m.norm.weight)["weight_decay"] == 0.0
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len(list(m.parameters()))  # every parameter once, tied ones included once
+
+
+def test_tied_embedding_counts_once_in_embedding_group():
+    m = model(tie_embeddings=True)
+    groups = param_groups(m, OptimConfig(embedding_lr_mult=0.2, lm_head_lr_mult=3.0))
+    assert group_of(groups, m.lm_head.weight)["lr_mult"] == 0.2
+
+
+def test_freeze_by_pattern_and_optimizer_skips_frozen():
+    m = model()
+    frozen = apply_freeze(m, ["embed_tokens.*", "layers.0.*"])
+    assert "embed_tokens.weight" in frozen and "layers.0.mlp.up_proj.weight" in frozen
+    opt = build_optimizer(m, OptimConfig(), "cpu")
+    trainable = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(m.embed_tokens.weight) not in trainable and id(m.layers["1"].mlp.up_proj.weight) in trainable
+    before = m.embed_tokens.weight.clone()
+    m(torch.randint(0, 512, (1, 8)), labels=torch.randint(0, 512, (1, 8))).backward()
+    opt.step()
+    assert torch.equal(before, m.embed_tokens.weight)
+    with pytest.raises(ConfigError, match="match no parameter"):
+        apply_freeze(model(), ["encoder.*"])
