@@ -60,6 +60,9 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     cp: int = 1
+    # auto: FSDP2 when the data-parallel mesh has several ranks; one rank keeps plain fp32 parameters cast to
+    # precision.param_dtype where used (same numerics, none of FSDP2's copies). always: FSDP2 even on one rank
+    fsdp: Literal["auto", "always"] = "auto"
 
     def validate(self, prefix: str) -> None:
         for name in ("dp_replicate", "tp", "pp", "cp"):

@@ -6,9 +6,9 @@ of per-micro-batch means, so results do not depend on how a batch is split.
 
 from __future__ import annotations
 
-import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +31,17 @@ def grad_accum_steps(cfg: Config, dp: int) -> int:
     return total // per_step
 
 
+@dataclass
+class PendingStep:
+    """A launched optimizer step whose results are still on the device (`Trainer.finish_step` reads them)."""
+
+    loss: torch.Tensor  # fp64 mean loss per label token over the global batch
+    grad_norm: torch.Tensor
+    finite: torch.Tensor  # loss and gradient norm both finite
+    tokens: torch.Tensor | float  # global label tokens
+    lr: float
+
+
 class Trainer:
     """Owns model, optimizer, scheduler and the step counter; data comes in as lists of micro-batches."""
 
@@ -46,37 +57,68 @@ class Trainer:
 
     def train_step(self, micro_batches: list[dict]) -> dict:
         """One optimizer step over this rank's micro-batches; returns global loss and token counts."""
+        return self.finish_step(self.launch_step(micro_batches))
+
+    def launch_step(self, micro_batches: list[dict]) -> PendingStep:
+        """Queue one optimizer step on the device and return without waiting for it.
+
+        Nothing here reads a device value on the host (with the fused optimizer), so the host is free to
+        fetch the next batch while the device works; `finish_step` then waits and reads the results.
+        """
         model, dev = self.model, self.device
+        world = dist.get_world_size()
+        # labels are host tensors from the loader: counting them costs no device round trip
         local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
-        counts = torch.tensor([local_tokens], dtype=torch.float64, device=dev)
-        dist.all_reduce(counts)
-        global_tokens = max(counts.item(), 1.0)
-        # FSDP averages gradients over ranks; undo that so the result is sum(loss) / global_tokens
-        scale = dist.get_world_size() / global_tokens
+        if world > 1:
+            counts = torch.tensor([float(local_tokens)], dtype=torch.float64, device=dev)
+            dist.all_reduce(counts)
+            global_tokens = counts[0].clamp(min=1.0)
+            # FSDP averages gradients over ranks; undo that so the result is sum(loss) / global_tokens
+            scale = (world / global_tokens).float()
+        else:
+            global_tokens = float(max(local_tokens, 1))
+            scale = 1.0 / global_tokens
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         for i, b in enumerate(micro_batches):
             b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
-            model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            if hasattr(model, "set_requires_gradient_sync"):  # FSDP2; without it (one rank) nothing to sync
+                model.set_requires_gradient_sync(i == len(micro_batches) - 1)
             loss = model(b["input_ids"], b["position_ids"], b["document_ids"], b["labels"])
             (loss * scale).backward()
             loss_sum += loss.detach().double()
-        dist.all_reduce(loss_sum)
+        if world > 1:
+            dist.all_reduce(loss_sum)
         params = [p for p in model.parameters() if p.grad is not None]
         max_norm = self.cfg.train.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        loss_value = (loss_sum / global_tokens).item()
-        finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+        loss_mean = loss_sum / global_tokens
+        finite = torch.isfinite(loss_mean) & torch.isfinite(grad_norm)
         lr = self.cfg.optim.lr * lr_multiplier(self.step, self.cfg.schedule, self.cfg.train.steps)
-        if finite or not self.cfg.train.skip_nan_steps:
-            self.optimizer.step()
-        else:
-            self.skipped_steps += 1
+        self._optimizer_step(finite)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        self.tokens_seen += int(global_tokens)
-        return {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "tokens": int(global_tokens),
+        return PendingStep(loss_mean, grad_norm, finite, global_tokens, lr)
+
+    def _optimizer_step(self, finite: torch.Tensor) -> None:
+        if not self.cfg.train.skip_nan_steps:
+            self.optimizer.step()
+        elif self.optimizer.param_groups[0].get("fused"):
+            # the fused kernel leaves parameters, moments and step counts alone when found_inf is 1 (the flag
+            # GradScaler uses), so a NaN step is skipped on the device, with no host sync
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+        elif bool(finite):  # other implementations: decide on the host
+            self.optimizer.step()
+
+    def finish_step(self, pending: PendingStep) -> dict:
+        """Wait for a launched step; its global loss, gradient norm, lr and token count as Python numbers."""
+        loss, finite, tokens = float(pending.loss), bool(pending.finite), int(pending.tokens)
+        if not finite and self.cfg.train.skip_nan_steps:
+            self.skipped_steps += 1
+        self.tokens_seen += tokens
+        return {"loss": loss, "grad_norm": float(pending.grad_norm), "lr": pending.lr, "tokens": tokens,
                 "skipped": not finite}
 
 
@@ -95,9 +137,67 @@ class StopFlag:
         self.requested = True
 
     def agreed(self, device: torch.device) -> bool:
+        if dist.get_world_size() == 1:
+            return self.requested
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+class Lookahead:
+    """The next step's micro-batches, fetched while the device runs the current step.
+
+    `state_dict()` is the loader's position after the batches handed to the trainer, not after the ones
+    held back, so a checkpoint taken between steps resumes at exactly the next batch to train on.
+    """
+
+    def __init__(self, loader, micro_batches_per_step: int):
+        self.loader, self.n = loader, micro_batches_per_step
+        self._next: list[dict] | None = None
+        self._state_before: dict | None = None
+
+    def fetch(self) -> None:
+        if self._next is None:
+            self._state_before = self.loader.state_dict()
+            self._next = [next(self.loader) for _ in range(self.n)]
+
+    def take(self) -> list[dict]:
+        self.fetch()
+        batches, self._next, self._state_before = self._next, None, None
+        return batches
+
+    def state_dict(self) -> dict:
+        return self._state_before if self._next is not None else self.loader.state_dict()
+
+    def report(self) -> dict:
+        return getattr(self.loader, "report", dict)()
+
+
+class StepTimer:
+    """Device time of one step, start of its first kernel to end of its last (CUDA events; host clock on
+    CPU). `elapsed()` waits for the device: it is the loop's one synchronisation per step."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.t_start = self.t_stop = 0.0
+
+    def start(self) -> None:
+        self.t_start = time.perf_counter()
+        if self.cuda:
+            self.begin.record()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.end.record()
+        self.t_stop = time.perf_counter()
+
+    def elapsed(self) -> float:
+        if not self.cuda:
+            return self.t_stop - self.t_start
+        torch.cuda.synchronize()
+        return self.begin.elapsed_time(self.end) / 1000.0
 
 
 def restore_schedule(trainer: Trainer, step: int) -> None:
@@ -137,7 +237,7 @@ def _run(cfg: Config, env) -> dict:
     args = model_args(cfg.model)
     folder.save_model_info(args, tokenizer)
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
-                        micro_batch_size=cfg.train.micro_batch_size)
+                        micro_batch_size=cfg.train.micro_batch_size, fsdp=cfg.parallel.fsdp)
     trainer = Trainer(cfg, model, env.device)
     data_kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
     loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
@@ -168,15 +268,23 @@ def _run(cfg: Config, env) -> dict:
 
     summary = {"before": evaluate(f"step-{trainer.step}-before")}
     stop = StopFlag()
+    feed = Lookahead(loader, accum)
+    timer = StepTimer(env.device)
     started = time.perf_counter()
     while trainer.step < cfg.train.steps:
         t0 = time.perf_counter()
-        micro = [next(loader) for _ in range(accum)]
-        t_data = time.perf_counter() - t0
-        out = trainer.train_step(micro)
-        if env.device.type == "cuda":
-            torch.cuda.synchronize()
+        micro = feed.take()  # fetched during the previous step; only the first step waits here
+        timer.start()
+        pending = trainer.launch_step(micro)
+        timer.stop()
+        if trainer.step < cfg.train.steps:
+            feed.fetch()  # host work overlapping the device's
+        t_fetched = time.perf_counter()
+        out = trainer.finish_step(pending)
+        device_s = timer.elapsed()
         dt = time.perf_counter() - t0
+        # data time the device saw: the first fetch, plus any part of the overlapped one outlasting the step
+        t_data = (timer.t_start - t0) + max(0.0, t_fetched - timer.t_start - device_s)
         if trainer.step % cfg.logging.every_steps == 0 or trainer.step == cfg.train.steps:
             values = step_metrics(out, micro, dt, t_data, dp, args, env.device)
             log.log(trainer.step, values)
@@ -187,18 +295,18 @@ def _run(cfg: Config, env) -> dict:
         if trainer.step == cfg.train.stop_at_step:
             stop.requested = True
         if stop.agreed(env.device) or (every and trainer.step % every == 0 and trainer.step < cfg.train.steps):
-            folder.save_checkpoint(trainer, loader, cfg.checkpoint.keep_latest_k)
+            folder.save_checkpoint(trainer, feed, cfg.checkpoint.keep_latest_k)
             if stop.requested:
                 log.info(f"stop requested: checkpoint saved at step {trainer.step}, exiting")
                 return {"stopped_at": trainer.step}
     train_seconds = time.perf_counter() - started
     summary["after"] = evaluate(f"step-{trainer.step}-after")
     if cfg.checkpoint.save_final:
-        folder.save_checkpoint(trainer, loader, cfg.checkpoint.keep_latest_k)
+        folder.save_checkpoint(trainer, feed, cfg.checkpoint.keep_latest_k)
     if cfg.train.export_hf:
         folder.export(model, args, tokenizer)
     summary.update(steps=trainer.step, train_seconds=round(train_seconds, 1), skipped_steps=trainer.skipped_steps,
-                   tokens_seen=trainer.tokens_seen, data_report=getattr(loader, "report", dict)())
+                   tokens_seen=trainer.tokens_seen, data_report=feed.report())
     folder.write_summary(summary)
     log.info(f"held-out loss {summary['before']['loss']:.4f} -> {summary['after']['loss']:.4f} "
              f"in {train_seconds:.0f}s of training; run folder {folder.path}")

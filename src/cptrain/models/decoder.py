@@ -18,6 +18,15 @@ from cptrain.ops.attention import attention, flex_block_mask
 IGNORE_INDEX = -100
 
 
+class Linear(nn.Linear):
+    """nn.Linear computing in its input's dtype. Weights kept in fp32 for the optimizer (one rank, no FSDP)
+    are cast where they are used; under FSDP2 they already come in the compute dtype and the cast is a no-op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -28,7 +37,7 @@ class RMSNorm(nn.Module):
         # normalise in fp32 like HF, multiply by the weight in the input dtype
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight.to(x.dtype) * xf.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -36,10 +45,10 @@ class Attention(nn.Module):
         super().__init__()
         hd = args.head_size
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, hd
-        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=args.qkv_bias)
-        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
-        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
-        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
+        self.q_proj = Linear(args.dim, args.n_heads * hd, bias=args.qkv_bias)
+        self.k_proj = Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
+        self.v_proj = Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
+        self.o_proj = Linear(args.n_heads * hd, args.dim, bias=False)
         self.q_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
         self.k_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
         self.backend = "auto"
@@ -61,9 +70,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
+        self.gate_proj = Linear(args.dim, args.ffn_dim, bias=False)
+        self.up_proj = Linear(args.dim, args.ffn_dim, bias=False)
+        self.down_proj = Linear(args.ffn_dim, args.dim, bias=False)
         self.num_tiles = 1  # >1: sequence-tiled forward/backward (ops/tiled_mlp.py)
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +108,7 @@ class Decoder(nn.Module):
         # a ModuleDict keyed by index keeps names stable when pipeline stages drop layers
         self.layers = nn.ModuleDict({str(i): Block(args) for i in range(args.n_layers)})
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.lm_head = Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         inv_freq, self.rope_attn_factor = rope_frequencies(args.head_size, args.rope_theta, args.rope_scaling,
@@ -107,6 +116,8 @@ class Decoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.loss_impl = "naive"  # naive | fused_chunked
         self.attention_backend = "auto"
+        # activations' dtype; None: the embedding's. Set from outside when parameters stay fp32 (parallelize)
+        self.compute_dtype: torch.dtype | None = None
 
     def set_attention_backend(self, backend: str) -> None:
         self.attention_backend = backend
@@ -139,6 +150,8 @@ class Decoder(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
         x = self.embed_tokens(input_ids)
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_attn_factor, x.dtype)
         block_mask = None
         if document_ids is not None and self._uses_flex(x):
@@ -159,7 +172,7 @@ class Decoder(nn.Module):
         if self.loss_impl == "fused_chunked":
             from cptrain.ops.chunked_ce import linear_cross_entropy
 
-            return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, labels.flatten(),
+            return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight.to(h.dtype), labels.flatten(),
                                         ignore_index=IGNORE_INDEX, reduction="sum")
         logits = self.lm_head(h).float()
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")

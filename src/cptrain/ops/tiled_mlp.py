@@ -17,10 +17,10 @@ Design, and why:
 - torch.compile: the call is a graph break (`torch.compiler.disable`); its backward runs autograd itself.
 - `fn` must be deterministic (no dropout): the backward recomputes it.
 
-Fast path: when `fn` is cptrain's own `MLP.swiglu` over three plain bias-free nn.Linear (no TP, FP8 or
-hooks on them, no autocast), the backward is written out by hand: it recomputes only the gate and up
-projections (2 of the forward's 3 matmuls) and accumulates the weight gradients with addmm, so a tiled
-MLP costs 11 matmul units against the untiled 9 instead of 12.
+Fast path: when `fn` is cptrain's own `MLP.swiglu` over three plain bias-free Linears whose weights have
+the input's dtype (no TP, FP8 or hooks on them, no autocast), the backward is written out by hand: it
+recomputes only the gate and up projections (2 of the forward's 3 matmuls) and accumulates the weight
+gradients with addmm, so a tiled MLP costs 11 matmul units against the untiled 9 instead of 12.
 """
 
 from __future__ import annotations
@@ -54,15 +54,16 @@ def tiled_mlp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_t
 
 def _plain_swiglu_weights(fn, params: list[torch.Tensor], x: torch.Tensor):
     """(gate, up, down) weights when `fn` is cptrain's MLP.swiglu over plain bias-free Linears, else None."""
-    from cptrain.models.decoder import MLP
+    from cptrain.models.decoder import MLP, Linear
 
     mlp = getattr(fn, "__self__", None)
     if not isinstance(mlp, MLP) or getattr(fn, "__func__", None) is not MLP.swiglu:
         return None
     layers = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    # anything that changes what a Linear computes (TP, FP8 swaps, hooks, autocast) takes the generic path
-    if any(type(m) is not nn.Linear or m.bias is not None or m._forward_hooks or m._forward_pre_hooks
-           or type(m.weight) not in (nn.Parameter, torch.Tensor) for m in layers):
+    # anything that changes what a Linear computes (TP, FP8 swaps, hooks, autocast, fp32 weights cast to the
+    # activations' dtype on use) takes the generic path
+    if any(type(m) not in (nn.Linear, Linear) or m.bias is not None or m._forward_hooks or m._forward_pre_hooks
+           or type(m.weight) not in (nn.Parameter, torch.Tensor) or m.weight.dtype != x.dtype for m in layers):
         return None
     if torch.is_autocast_enabled(x.device.type) or nn.modules.module._global_forward_hooks \
             or nn.modules.module._global_forward_pre_hooks:

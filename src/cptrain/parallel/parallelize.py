@@ -3,6 +3,13 @@
 Order matters: activation checkpointing wraps each block, then each block is compiled, then FSDP2
 shards each block and finally the root (so embeddings, final norm and lm_head share one group and
 tied weights stay tied). Call on the meta-device model, before `to_empty()` and weight loading.
+
+One rank (`fsdp="auto"` and a 1-rank mesh): no FSDP2. There is nothing to shard or reduce, yet FSDP2
+would still copy every parameter into a bf16 buffer twice a step (forward, and again for backward) and
+every gradient through fp32 reduce buffers. Instead the parameters stay fp32 (the optimizer's master
+weights) and each layer casts its weight to `param_dtype` where it uses it (`decoder.Linear`, RMSNorm);
+gradients come back through the cast as fp32. Same arithmetic as FSDP2's mixed precision on one rank:
+bf16 weights and activations in forward and backward, fp32 gradients, fp32 optimizer.
 """
 
 from __future__ import annotations
@@ -22,8 +29,16 @@ def param_dtype_for(setting: str, device: torch.device) -> torch.dtype:
     return DTYPES[setting]
 
 
+def uses_fsdp(mesh, fsdp: str) -> bool:
+    """FSDP2 wraps the model unless fsdp='auto' and the data-parallel mesh has a single rank."""
+    return fsdp == "always" or mesh.size() > 1
+
+
 def parallelize(model: Decoder, mesh, *, param_dtype: torch.dtype, reduce_dtype: torch.dtype,
-                activation_checkpointing: str = "none", compile_blocks: bool = False) -> Decoder:
+                activation_checkpointing: str = "none", compile_blocks: bool = False,
+                fsdp: str = "auto") -> Decoder:
+    # activations run in param_dtype either way; fp32 parameters (no FSDP) are cast where used
+    model.compute_dtype = param_dtype
     # 1. activation checkpointing: recompute each block in backward
     if activation_checkpointing == "full":
         for key, block in list(model.layers.items()):
@@ -32,6 +47,8 @@ def parallelize(model: Decoder, mesh, *, param_dtype: torch.dtype, reduce_dtype:
     if compile_blocks:
         for key, block in list(model.layers.items()):
             model.layers[key] = torch.compile(block, fullgraph=False)
+    if not uses_fsdp(mesh, fsdp):
+        return model
     # 3. FSDP2: one group per block, the rest in the root group
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     n = len(model.layers)

@@ -1,0 +1,114 @@
+"""The fast paths of a training step keep its meaning (CPU, gloo):
+
+- one rank without FSDP2 (fp32 parameters cast where used) == FSDP2 on one rank, in fp32 and in bf16;
+- a non-finite step is skipped on the device (fused AdamW's found_inf) exactly as on the host path;
+- the lookahead loader checkpoints the position after the batches trained on, not after the one held back.
+"""
+
+import torch
+
+from cptrain.config import load_config
+from cptrain.models.build import build_model
+from cptrain.parallel.dims import build_mesh, init_distributed
+from cptrain.train import Lookahead, Trainer
+from tests.dist_utils import run_ranks
+from tests.train.test_trainer_equivalence import full_state_dict, global_batches, stack
+
+
+def _trainer(fsdp: str, param_dtype: str, fused: str, sd: dict) -> Trainer:
+    env = init_distributed("cpu")
+    cfg = load_config(None, ["model.preset=debug", "model.init=random", "model.loss=naive", "model.tokenizer=x",
+                             f"precision.param_dtype={param_dtype}", f"parallel.fsdp={fsdp}",
+                             f"optim.fused={fused}", "train.steps=10", "schedule.warmup_steps=1", "optim.lr=1e-2"])
+    model = build_model(cfg.model, cfg.precision, build_mesh(cfg.parallel, env), env.device, seq_len=32,
+                        micro_batch_size=4, full_state_dict=sd, use_state_dict=True, fsdp=fsdp)
+    return Trainer(cfg, model, env.device)
+
+
+def _params(model) -> dict:
+    from cptrain.checkpoint import full_model_state_dict
+
+    return {k: v.clone() for k, v in full_model_state_dict(model).items()}  # not views of live parameters
+
+
+def train(fsdp: str, param_dtype: str, sd: dict) -> tuple[list[float], dict, bool]:
+    trainer = _trainer(fsdp, param_dtype, "off", sd)
+    sharded = any(hasattr(p, "full_tensor") for p in trainer.model.parameters())
+    losses = [trainer.train_step([stack(rows)])["loss"] for rows in global_batches()]
+    return losses, _params(trainer.model), sharded
+
+
+def test_one_rank_without_fsdp_matches_fsdp():
+    sd = full_state_dict()
+    plain, p_plain, plain_sharded = run_ranks(1, train, "auto", "fp32", sd)[0]
+    fsdp, p_fsdp, fsdp_sharded = run_ranks(1, train, "always", "fp32", sd)[0]
+    assert not plain_sharded and fsdp_sharded
+    assert plain == fsdp  # fp32: the same arithmetic, bitwise
+    for k in p_plain:
+        assert torch.equal(p_plain[k], p_fsdp[k]), k
+
+
+def test_one_rank_without_fsdp_matches_fsdp_mixed_precision():
+    """bf16 compute, fp32 master weights. The one intended difference: without FSDP the tied embedding's two
+    gradients (lookup and lm_head) are summed in fp32, FSDP2 sums them in bf16 before its fp32 cast; Adam
+    turns that rounding into up to ~lr on a few near-zero-gradient entries, so the bound there is loose."""
+    sd = full_state_dict()
+    plain, p_plain, _ = run_ranks(1, train, "auto", "bf16", sd)[0]
+    fsdp, p_fsdp, _ = run_ranks(1, train, "always", "bf16", sd)[0]
+    assert plain[0] == fsdp[0]  # before any update: the same bf16 forward
+    for a, b in zip(plain, fsdp):
+        assert abs(a - b) <= 1e-5 * abs(b), (plain, fsdp)
+    for k in p_plain:
+        assert p_plain[k].dtype == torch.float32  # fp32 master weights either way
+        diff = (p_plain[k] - p_fsdp[k]).abs()
+        assert diff.mean() < 5e-5 and diff.max() < 2e-2, (k, diff.mean(), diff.max())
+
+
+def skip_nan(fsdp: str, fused: str, sd: dict) -> tuple[list[dict], bool, int, float]:
+    """Step, then a step whose loss is NaN, then another step: the NaN step changes nothing."""
+    trainer = _trainer(fsdp, "fp32", fused, sd)
+    poison = {"on": False}
+    trainer.model.register_forward_hook(lambda m, args, out: out * float("nan") if poison["on"] else out)
+    batches = [stack(rows) for rows in global_batches()]
+    outs = [trainer.train_step([batches[0]])]
+    before = _params(trainer.model)
+    steps_before = [s["step"].item() for s in trainer.optimizer.state.values()]
+    poison["on"] = True
+    outs.append(trainer.train_step([batches[1]]))
+    poison["on"] = False
+    after = _params(trainer.model)
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    unchanged &= steps_before == [s["step"].item() for s in trainer.optimizer.state.values()]
+    outs.append(trainer.train_step([batches[2]]))
+    moved = max((after[k] - _params(trainer.model)[k]).abs().max().item() for k in after)
+    return outs, unchanged, trainer.skipped_steps, moved
+
+
+def test_nan_step_is_skipped_on_device_and_host():
+    sd = full_state_dict()
+    for fsdp, fused in (("auto", "on"), ("always", "on"), ("auto", "off")):
+        outs, unchanged, skipped, moved = run_ranks(1, skip_nan, fsdp, fused, sd)[0]
+        assert [o["skipped"] for o in outs] == [False, True, False], (fsdp, fused)
+        assert unchanged and skipped == 1 and moved > 0, (fsdp, fused, unchanged, skipped, moved)
+
+
+class _CountingLoader:
+    def __init__(self):
+        self.handed_out = 0
+
+    def __next__(self):
+        self.handed_out += 1
+        return {"n": self.handed_out}
+
+    def state_dict(self):
+        return {"handed_out": self.handed_out}
+
+
+def test_lookahead_checkpoints_the_position_trained_on():
+    loader = _CountingLoader()
+    feed = Lookahead(loader, micro_batches_per_step=2)
+    assert [b["n"] for b in feed.take()] == [1, 2]
+    assert feed.state_dict() == {"handed_out": 2}
+    feed.fetch()  # the next step's batches, fetched while the device runs this one
+    assert loader.handed_out == 4 and feed.state_dict() == {"handed_out": 2}
+    assert [b["n"] for b in feed.take()] == [3, 4] and feed.state_dict() == {"handed_out": 4}
