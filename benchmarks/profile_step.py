@@ -1,0 +1,221 @@
+"""Profile a few cptrain training steps: where device time goes, and where the device waits for the host.
+
+    python3 benchmarks/profile_step.py RECIPE [key=value ...] --warmup 4 --steps 3 --out DIR
+
+Builds the run the way `cptrain run` does (model, trainer, loader), trains `--warmup` steps, then
+profiles `--steps` steps with torch.profiler and writes DIR/profile-summary.json and a text table:
+wall time per step, device-busy time (union of kernel and copy intervals), the largest idle gaps with
+the host-side phase that was running, device time by kernel family, and the top kernels. The loop is
+the trainer's own (one sync per step, next batch fetched while the device works) when the trainer has
+`launch_step`; otherwise the older one (fetch, step, synchronize), so the same script profiles both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+FAMILIES = [  # (family, regex over the kernel name), first match wins
+    ("attention (flex)", r"flex_attention|triton_tem_fused|_attn_fwd|_attn_bwd|sdpa|fmha|flash"),
+    ("gemm", r"gemm|sm90_xmma|cutlass|nvjet|cublas|matmul|splitKreduce"),
+    ("cross-entropy (triton)", r"_row_stats_kernel|_logits_grad_kernel"),
+    ("optimizer", r"adam|Adam"),
+    ("fused pointwise/reduction (inductor)", r"^triton_(poi|red|per)"),
+    ("nccl", r"nccl"),
+    ("copy/cast (memcpy, memset, copy kernels)", r"Memcpy|Memset|copy_kernel|CatArrayBatchedCopy|chunk_cat|"
+                                                  r"split_with_sizes|direct_copy"),
+    ("elementwise (eager)", r"elementwise|vectorized|unrolled"),
+    ("reduction (eager)", r"reduce_kernel|norm|multi_tensor_apply"),
+]
+
+
+def family(name: str) -> str:
+    for fam, pattern in FAMILIES:
+        if re.search(pattern, name):
+            return fam
+    return "other"
+
+
+def build(recipe: str, overrides: list[str]):
+    from cptrain.config import load_config
+    from cptrain.data import build_train_loader
+    from cptrain.models.build import build_model, model_args
+    from cptrain.models.hf import load_tokenizer
+    from cptrain.parallel.dims import build_mesh, init_distributed
+    from cptrain.train import Trainer, grad_accum_steps
+
+    cfg = load_config(recipe, overrides)
+    env = init_distributed(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    mesh = build_mesh(cfg.parallel, env)
+    tokenizer = load_tokenizer(cfg.model.tokenizer_source)
+    kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
+    if "fsdp" in inspect.signature(build_model).parameters:
+        kw["fsdp"] = cfg.parallel.fsdp
+    model = build_model(cfg.model, cfg.precision, mesh, env.device, **kw)
+    trainer = Trainer(cfg, model, env.device)
+    accum = grad_accum_steps(cfg, env.world_size)
+    loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=env.world_size,
+                                seed=cfg.train.seed, micro_batches_per_step=accum,
+                                seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
+    return cfg, env, model_args(cfg.model), trainer, loader, accum
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_loop(trainer, loader, accum: int, device: torch.device):
+    """One step of the trainer's loop, with host phases labelled for the profile."""
+    rf = torch.profiler.record_function
+    if hasattr(trainer, "launch_step"):
+        from cptrain.train import Lookahead
+
+        feed = Lookahead(loader, accum)
+
+        def step() -> None:
+            with rf("cpt:take"):
+                micro = feed.take()
+            with rf("cpt:launch_step"):
+                pending = trainer.launch_step(micro)
+            with rf("cpt:fetch_next"):
+                feed.fetch()
+            with rf("cpt:finish_step"):
+                trainer.finish_step(pending)
+                sync(device)
+        return step
+
+    def old_step() -> None:
+        with rf("cpt:fetch"):
+            micro = [next(loader) for _ in range(accum)]
+        with rf("cpt:train_step"):
+            trainer.train_step(micro)
+        with rf("cpt:synchronize"):
+            sync(device)
+    return old_step
+
+
+def union_ns(intervals: list[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
+    """Total covered length and the gaps between covered stretches."""
+    total, gaps, cur_s, cur_e = 0, [], None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+                gaps.append((cur_e, s))
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total, gaps
+
+
+def summarize(prof, steps: int, wall_s: float) -> dict:
+    from torch.autograd import DeviceType
+
+    kernels, host = [], []
+    for e in prof.profiler.kineto_results.events():
+        user = getattr(e, "is_user_annotation", lambda: False)()
+        if e.device_type() == DeviceType.CUDA and not user and not e.name().startswith("cpt:"):
+            kernels.append((e.name(), e.start_ns(), e.start_ns() + e.duration_ns()))
+        elif e.device_type() == DeviceType.CPU and e.name().startswith("cpt:"):
+            host.append((e.name(), e.start_ns(), e.start_ns() + e.duration_ns()))
+    out: dict = {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps}
+    if not kernels:
+        return out
+    span_s, span_e = min(k[1] for k in kernels), max(k[2] for k in kernels)
+    busy, gaps = union_ns([(s, e) for _, s, e in kernels])
+    out["device_span_ms_per_step"] = (span_e - span_s) / 1e6 / steps
+    out["device_busy_ms_per_step"] = busy / 1e6 / steps
+    out["device_idle_frac_of_wall"] = 1 - busy / 1e9 / wall_s
+    by_phase: dict[str, float] = collections.Counter()
+    for gs, ge in gaps:
+        mid = (gs + ge) // 2
+        phase = next((n for n, s, e in host if s <= mid <= e), "between phases")
+        by_phase[phase] += (ge - gs) / 1e6 / steps
+    out["idle_ms_per_step_by_host_phase"] = dict(sorted(by_phase.items(), key=lambda kv: -kv[1]))
+    big = sorted(gaps, key=lambda g: g[0] - g[1])[:12]
+    out["largest_gaps"] = [{"ms": (ge - gs) / 1e6, "at_ms": (gs - span_s) / 1e6,
+                            "host_phase": next((n for n, s, e in host if s <= (gs + ge) // 2 <= e), "-")}
+                           for gs, ge in big]
+    fams: dict[str, float] = collections.Counter()
+    names: dict[str, list] = {}
+    for name, s, e in kernels:
+        fams[family(name)] += (e - s) / 1e6 / steps
+        rec = names.setdefault(name, [0, 0.0])
+        rec[0] += 1
+        rec[1] += (e - s) / 1e6 / steps
+    out["device_ms_per_step_by_family"] = dict(sorted(fams.items(), key=lambda kv: -kv[1]))
+    top = sorted(names.items(), key=lambda kv: -kv[1][1])[:30]
+    out["top_kernels"] = [{"name": n[:160], "calls_per_step": c / steps, "ms_per_step": t} for n, (c, t) in top]
+    return out
+
+
+def text_report(s: dict, title: str) -> str:
+    lines = [f"## {title}", "", f"wall {s['wall_ms_per_step']:.1f} ms/step"]
+    if "device_busy_ms_per_step" not in s:
+        return "\n".join(lines + ["(no device events)"]) + "\n"
+    lines.append(f"device busy {s['device_busy_ms_per_step']:.1f} ms/step (span {s['device_span_ms_per_step']:.1f}), "
+                 f"idle {100 * s['device_idle_frac_of_wall']:.1f}% of wall")
+    lines += ["", "device idle by host phase (ms/step): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in s["idle_ms_per_step_by_host_phase"].items())]
+    lines += ["", "| kernel family | ms/step |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in s["device_ms_per_step_by_family"].items()]
+    lines += ["", "| top kernel | calls/step | ms/step |", "| --- | --- | --- |"]
+    lines += [f"| `{k['name'][:90]}` | {k['calls_per_step']:.0f} | {k['ms_per_step']:.2f} |" for k in s["top_kernels"]]
+    lines += ["", "largest idle gaps: " + ", ".join(f"{g['ms']:.2f} ms ({g['host_phase']})" for g in s["largest_gaps"])]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", default="profile")
+    ns = p.parse_args()
+    ns.out.mkdir(parents=True, exist_ok=True)
+    cfg, env, args, trainer, loader, accum = build(ns.recipe, ns.overrides)
+    step = make_loop(trainer, loader, accum, env.device)
+    for _ in range(ns.warmup):
+        step()
+    sync(env.device)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if env.device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(ns.steps):
+            step()
+        wall = time.perf_counter() - t0
+    summary = summarize(prof, ns.steps, wall)
+    try:
+        from torch._dynamo.utils import counters
+
+        summary["dynamo_graph_breaks"] = dict(counters["graph_break"])
+        summary["dynamo_unique_graphs"] = counters["stats"].get("unique_graphs")
+    except Exception as e:  # diagnostics only
+        summary["dynamo_counters_error"] = repr(e)
+    (ns.out / f"{ns.name}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = text_report(summary, ns.name)
+    (ns.out / f"{ns.name}-summary.md").write_text(text)
+    print(text, flush=True)
+    from cptrain.parallel.dims import shutdown
+
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
