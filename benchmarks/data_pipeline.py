@@ -31,9 +31,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import device_info, fmt, markdown_table, write_results
-
-from cptrain.data.sources import stdlib_files
+from harness import device_info, fmt, markdown_table, stdlib_texts, write_results
 
 NOTES = """\
 Machine: {cpu}, {cores} vCPUs shared with other jobs (load average ~2 during the run), tokenizers
@@ -62,14 +60,9 @@ Machine: {cpu}, {cores} vCPUs shared with other jobs (load average ~2 during the
 
 def write_paragraphs_jsonl(path: Path, max_docs: int = 40_000) -> Path:
     """Paragraphs (split at blank lines) of the stdlib sources: many short documents."""
-    root, rels = stdlib_files()
     n = 0
     with path.open("w") as f:
-        for src in (root / r for r in rels):
-            try:
-                text = src.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
+        for text in stdlib_texts():
             for para in text.split("\n\n"):
                 if len(para.strip()) > 40:
                     f.write(json.dumps({"text": para}) + "\n")

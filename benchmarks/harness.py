@@ -180,20 +180,25 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_stdlib_jsonl(out_dir: Path, max_bytes: int = 16 * 2**20) -> Path:
-    """A jsonl of {"text": ...} documents made of this Python's standard library sources (no download)."""
+def stdlib_texts():
+    """The text of each readable .py file of this Python's standard library, in a fixed order."""
     from cptrain.data.sources import stdlib_files
 
+    root, rels = stdlib_files()
+    for rel in rels:
+        try:
+            yield (root / rel).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+
+
+def write_stdlib_jsonl(out_dir: Path, max_bytes: int = 16 * 2**20) -> Path:
+    """A jsonl of {"text": ...} documents made of this Python's standard library sources (no download)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "stdlib.jsonl"
     total = 0
-    root, rels = stdlib_files()
     with path.open("w") as f:
-        for src in (root / r for r in rels):
-            try:
-                text = src.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
+        for text in stdlib_texts():
             if len(text) < 200:
                 continue
             f.write(json.dumps({"text": text}) + "\n")
