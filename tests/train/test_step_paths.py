@@ -12,17 +12,46 @@ from cptrain.models.build import build_model
 from cptrain.parallel.dims import build_mesh, init_distributed
 from cptrain.train import Lookahead, Trainer
 from tests.dist_utils import run_ranks
-from tests.train.test_trainer_equivalence import full_state_dict, global_batches, stack
+from tests.train.test_trainer_equivalence import global_batches, stack
+
+TIED = "model.overrides={tie_embeddings=true}"  # like llama3.2-1b: lm_head shares the embedding
 
 
-def _trainer(fsdp: str, param_dtype: str, fused: str, sd: dict) -> Trainer:
+def full_state_dict() -> dict:
+    from cptrain.models.decoder import Decoder
+    from cptrain.models.presets import get_preset
+
+    torch.manual_seed(123)
+    model = Decoder(get_preset("debug").replace(tie_embeddings=True))
+    model.init_weights()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _trainer(fsdp: str, param_dtype: str, fused: str, sd: dict | None) -> Trainer:
     env = init_distributed("cpu")
     cfg = load_config(None, ["model.preset=debug", "model.init=random", "model.loss=naive", "model.tokenizer=x",
-                             f"precision.param_dtype={param_dtype}", f"parallel.fsdp={fsdp}",
+                             TIED, f"precision.param_dtype={param_dtype}", f"parallel.fsdp={fsdp}",
                              f"optim.fused={fused}", "train.steps=10", "schedule.warmup_steps=1", "optim.lr=1e-2"])
     model = build_model(cfg.model, cfg.precision, build_mesh(cfg.parallel, env), env.device, seq_len=32,
-                        micro_batch_size=4, full_state_dict=sd, use_state_dict=True, fsdp=fsdp)
+                        micro_batch_size=4, full_state_dict=sd, use_state_dict=sd is not None, fsdp=fsdp)
     return Trainer(cfg, model, env.device)
+
+
+def tying(fsdp: str, sd: dict | None) -> tuple[bool, int, int]:
+    model = _trainer(fsdp, "fp32", "off", sd).model
+    params = list(model.parameters())
+    return model.lm_head.weight is model.embed_tokens.weight, len(params), sum(p.numel() for p in params)
+
+
+def test_tied_embeddings_stay_tied():
+    """to_empty() unties shared parameters of plain modules: the one-rank path must re-tie them, or lm_head
+    trains as a separate matrix (and a pretrained load, which skips lm_head.weight, leaves it garbage)."""
+    sd = full_state_dict()
+    expected = sum(v.numel() for k, v in sd.items() if k != "lm_head.weight")
+    for fsdp in ("auto", "always"):
+        for weights in (None, sd):
+            tied, n, numel = run_ranks(1, tying, fsdp, weights)[0]
+            assert tied and n == len(sd) - 1 and numel == expected, (fsdp, weights is None, tied, n, numel)
 
 
 def _params(model) -> dict:
@@ -49,19 +78,20 @@ def test_one_rank_without_fsdp_matches_fsdp():
 
 
 def test_one_rank_without_fsdp_matches_fsdp_mixed_precision():
-    """bf16 compute, fp32 master weights. The one intended difference: without FSDP the tied embedding's two
-    gradients (lookup and lm_head) are summed in fp32, FSDP2 sums them in bf16 before its fp32 cast; Adam
-    turns that rounding into up to ~lr on a few near-zero-gradient entries, so the bound there is loose."""
+    """bf16 compute, fp32 master weights. The one intended difference is in the embedding's gradient: FSDP2
+    hands the model bf16 weights, so the lookup's backward sums repeated tokens' rows, and autograd sums
+    them with lm_head's gradient, in bf16 before the fp32 cast; without FSDP both sums are fp32. Adam turns
+    that rounding into up to ~lr on a few near-zero-gradient entries, so the bound there is loose."""
     sd = full_state_dict()
     plain, p_plain, _ = run_ranks(1, train, "auto", "bf16", sd)[0]
     fsdp, p_fsdp, _ = run_ranks(1, train, "always", "bf16", sd)[0]
     assert plain[0] == fsdp[0]  # before any update: the same bf16 forward
     for a, b in zip(plain, fsdp):
-        assert abs(a - b) <= 1e-5 * abs(b), (plain, fsdp)
+        assert abs(a - b) <= 1e-4 * abs(b), (plain, fsdp)
     for k in p_plain:
         assert p_plain[k].dtype == torch.float32  # fp32 master weights either way
         diff = (p_plain[k] - p_fsdp[k]).abs()
-        assert diff.mean() < 5e-5 and diff.max() < 2e-2, (k, diff.mean(), diff.max())
+        assert diff.mean() < 2e-4 and diff.max() < 2e-2, (k, diff.mean(), diff.max())  # lr = 1e-2
 
 
 def skip_nan(fsdp: str, fused: str, sd: dict) -> tuple[list[dict], bool, int, float]:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from cptrain.config import ModelConfig, PrecisionConfig
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import ModelArgs, get_preset
-from cptrain.parallel.parallelize import DTYPES, parallelize, param_dtype_for
+from cptrain.parallel.parallelize import DTYPES, parallelize, param_dtype_for, uses_fsdp
 
 
 def model_args(cfg: ModelConfig) -> ModelArgs:
@@ -61,6 +61,12 @@ def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torc
                 reduce_dtype=DTYPES[precision.reduce_dtype],
                 activation_checkpointing=cfg.activation_checkpointing, compile_blocks=cfg.compile, fsdp=fsdp)
     model.to_empty(device=device)
+    if not uses_fsdp(mesh, fsdp):
+        from cptrain.models.hf import tie_weights
+
+        # to_empty() gives each module a new parameter, untying lm_head from the embedding (FSDP2's root
+        # group keeps a shared parameter shared; plain modules must be re-tied)
+        tie_weights(model)
     if not use_state_dict and cfg.init == "random":
         model.init_weights()
         return model
