@@ -38,11 +38,12 @@ VARIANTS = [
     ("new-w2", "new", "run", ["data.num_workers=2"], "new + 2 loader worker processes"),
     ("new-again", "new", "run", [], "repeat of new: run-to-run spread"),
     ("base-again", "base", "run", [], "repeat of base: run-to-run spread"),
+    ("mid", "mid", "run", [], "an intermediate version (--mid-src), to attribute one change"),
 ]
 
 
 def run_one(name: str, code: str, kind: str, overrides: list[str], ns, work: Path) -> dict:
-    src = ns.base_src if code == "base" else harness.REPO / "src"
+    src = {"base": ns.base_src, "mid": ns.mid_src}.get(code) or harness.REPO / "src"
     # the chosen src/ first; keep the rest of PYTHONPATH (the carried wheels) but never this checkout's src/
     rest = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and Path(x) != harness.REPO / "src"]
     env = harness.peer_env({"PYTHONPATH": os.pathsep.join([str(src), str(harness.REPO / "benchmarks"), *rest])})
@@ -110,7 +111,8 @@ def profiles(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base-src", type=Path, required=True, help="src/ of the code to compare against")
-    p.add_argument("--only", help="comma-separated variant names (default: all, in order)")
+    p.add_argument("--mid-src", type=Path, help="src/ of an intermediate version (variant 'mid')")
+    p.add_argument("--only", help="comma-separated variant names, run in that order (default: all but mid)")
     p.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every variant (CPU smoke "
                    "runs: model.preset=debug train.seq_len=128 model.compile=false)")
     p.add_argument("--steps", type=int, default=16)
@@ -120,7 +122,9 @@ def main() -> int:
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS)
     ns = p.parse_args()
     ns.base_src = ns.base_src.resolve()
-    chosen = [v for v in VARIANTS if not ns.only or v[0] in ns.only.split(",")]
+    ns.mid_src = ns.mid_src.resolve() if ns.mid_src else None
+    by_name = {v[0]: v for v in VARIANTS}
+    chosen = [by_name[n] for n in ns.only.split(",")] if ns.only else [v for v in VARIANTS if v[0] != "mid"]
     info = harness.device_info()
     work = harness.REPO / "runs" / "bench" / f"cptrain-speed-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)

@@ -119,16 +119,27 @@ def union_ns(intervals: list[tuple[int, int]]) -> tuple[int, list[tuple[int, int
     return total, gaps
 
 
+def host_ops_during(cpu_ops: list[tuple[str, int, int]], gs: int, ge: int, keep: int = 8) -> list[str]:
+    """The host ops that took most of a device-idle gap's time (ms of overlap each): what the GPU waited on."""
+    overlap: dict[str, float] = collections.Counter()
+    for name, s, e in cpu_ops:
+        if s < ge and e > gs:
+            overlap[name] += (min(e, ge) - max(s, gs)) / 1e6
+    return [f"{n[:80]} {ms:.2f}" for n, ms in sorted(overlap.items(), key=lambda kv: -kv[1])[:keep]]
+
+
 def summarize(prof, steps: int, wall_s: float) -> dict:
     from torch.autograd import DeviceType
 
-    kernels, host = [], []
+    kernels, host, cpu_ops = [], [], []
     for e in prof.profiler.kineto_results.events():
         user = getattr(e, "is_user_annotation", lambda: False)()
         if e.device_type() == DeviceType.CUDA and not user and not e.name().startswith("cpt:"):
             kernels.append((e.name(), e.start_ns(), e.start_ns() + e.duration_ns()))
         elif e.device_type() == DeviceType.CPU and e.name().startswith("cpt:"):
             host.append((e.name(), e.start_ns(), e.start_ns() + e.duration_ns()))
+        elif e.device_type() == DeviceType.CPU:
+            cpu_ops.append((e.name(), e.start_ns(), e.start_ns() + e.duration_ns()))
     out: dict = {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps}
     if not kernels:
         return out
@@ -145,7 +156,8 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
     out["idle_ms_per_step_by_host_phase"] = dict(sorted(by_phase.items(), key=lambda kv: -kv[1]))
     big = sorted(gaps, key=lambda g: g[0] - g[1])[:12]
     out["largest_gaps"] = [{"ms": (ge - gs) / 1e6, "at_ms": (gs - span_s) / 1e6,
-                            "host_phase": next((n for n, s, e in host if s <= (gs + ge) // 2 <= e), "-")}
+                            "host_phase": next((n for n, s, e in host if s <= (gs + ge) // 2 <= e), "-"),
+                            "host_ops": host_ops_during(cpu_ops, gs, ge)}
                            for gs, ge in big]
     fams: dict[str, float] = collections.Counter()
     names: dict[str, list] = {}
@@ -173,6 +185,8 @@ def text_report(s: dict, title: str) -> str:
     lines += ["", "| top kernel | calls/step | ms/step |", "| --- | --- | --- |"]
     lines += [f"| `{k['name'][:90]}` | {k['calls_per_step']:.0f} | {k['ms_per_step']:.2f} |" for k in s["top_kernels"]]
     lines += ["", "largest idle gaps: " + ", ".join(f"{g['ms']:.2f} ms ({g['host_phase']})" for g in s["largest_gaps"])]
+    for g in s["largest_gaps"][:3]:
+        lines.append(f"- {g['ms']:.2f} ms gap, host ops (ms of overlap): " + "; ".join(g.get("host_ops", [])))
     return "\n".join(lines) + "\n"
 
 

@@ -51,6 +51,15 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.cache
+def _compiled_create_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    # compiled once: create_block_mask(_compile=True) wraps it in a new torch.compile on every call, host
+    # time (~ms per step) during which the GPU idles at the start of each step
+    return torch.compile(create_block_mask)
+
+
 def flex_block_mask(document_ids: torch.Tensor):
     """A FlexAttention BlockMask for causal + same-document attention (compiled builder: long rows)."""
     from torch.nn.attention.flex_attention import create_block_mask
@@ -61,7 +70,8 @@ def flex_block_mask(document_ids: torch.Tensor):
         return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
 
     b, s = docs.shape
-    return create_block_mask(mask_mod, b, None, s, s, device=docs.device, _compile=docs.is_cuda)
+    build = _compiled_create_block_mask() if docs.is_cuda else create_block_mask
+    return build(mask_mod, b, None, s, s, device=docs.device)
 
 
 def flex_attention(q, k, v, document_ids=None, block_mask=None):
