@@ -65,7 +65,9 @@ def run_one(name: str, code: str, kind: str, overrides: list[str], ns, work: Pat
         row["status"] = "ok" if rc == 0 and row["profile"] else "error"
         return row
     row.update(cptrain_peer.parse_metrics(run_dir, ns.warmup))
-    if rc:
+    if rc == 124:  # killed at --timeout-s: its numbers cover only the steps it reached
+        row["status"] = f"timeout ({row.get('steps_timed', 0)} timed steps)"
+    elif rc:
         row["status"] = "error"
         row["error"] = tail.strip().splitlines()[-1][:300] if tail.strip() else f"exit {rc}"
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -89,7 +91,7 @@ def table(rows: list[dict]) -> str:
         tps = r.get("tokens_per_s")
         body.append([r["variant"], r["code"], r["overrides"] or "-", harness.fmt(tps, ",.0f"),
                      harness.fmt(r.get("mean_tokens_per_s"), ",.0f"),
-                     harness.fmt(tps / base if tps and base else None, ".2f"),
+                     harness.fmt(tps / base if tps and base and r.get("status") == "ok" else None, ".2f"),
                      harness.fmt(r.get("step_ms_median"), ".1f"), harness.fmt(r.get("step_ms_min"), ".1f"),
                      harness.fmt(100 * r["mfu"] if r.get("mfu") else None, ".1f"),
                      harness.fmt(100 * r["data_wait_frac"] if r.get("data_wait_frac") is not None else None,
@@ -118,7 +120,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=380)
-    p.add_argument("--timeout-s", type=float, default=150, help="per variant")
+    p.add_argument("--timeout-s", type=float, default=150, help="per variant (the first one on a fresh machine "
+                   "compiles with cold caches: ~90 s)")
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS)
     ns = p.parse_args()
     ns.base_src = ns.base_src.resolve()
