@@ -77,7 +77,7 @@ def make_loop(trainer, loader, accum: int, device: torch.device):
     """One step of the trainer's loop, with host phases labelled for the profile."""
     rf = torch.profiler.record_function
     if hasattr(trainer, "launch_step"):
-        from cptrain.train import Lookahead
+        from cptrain.looptools import Lookahead
 
         feed = Lookahead(loader, accum)
 

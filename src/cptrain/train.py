@@ -6,7 +6,6 @@ of per-micro-batch means, so results do not depend on how a batch is split.
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch.distributed as dist
 from cptrain import checkpoint
 from cptrain.config import Config
 from cptrain.configtools import ConfigError
+from cptrain.looptools import Lookahead, StepTimer, StopFlag
 from cptrain.models.decoder import IGNORE_INDEX
 from cptrain.optim import apply_freeze, build_optimizer
 from cptrain.schedule import build_scheduler, lr_multiplier
@@ -120,84 +120,6 @@ class Trainer:
         self.tokens_seen += tokens
         return {"loss": loss, "grad_norm": float(pending.grad_norm), "lr": pending.lr, "tokens": tokens,
                 "skipped": not finite}
-
-
-class StopFlag:
-    """SIGTERM / SIGUSR1 (SLURM's pre-emption warning) ask for a checkpoint and a clean exit."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread (e.g. in tests)
-                pass
-
-    def _handler(self, signum, frame):
-        self.requested = True
-
-    def agreed(self, device: torch.device) -> bool:
-        if dist.get_world_size() == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-class Lookahead:
-    """The next step's micro-batches, fetched while the device runs the current step.
-
-    `state_dict()` is the loader's position after the batches handed to the trainer, not after the ones
-    held back, so a checkpoint taken between steps resumes at exactly the next batch to train on.
-    """
-
-    def __init__(self, loader, micro_batches_per_step: int):
-        self.loader, self.n = loader, micro_batches_per_step
-        self._next: list[dict] | None = None
-        self._state_before: dict | None = None
-
-    def fetch(self) -> None:
-        if self._next is None:
-            self._state_before = self.loader.state_dict()
-            self._next = [next(self.loader) for _ in range(self.n)]
-
-    def take(self) -> list[dict]:
-        self.fetch()
-        batches, self._next, self._state_before = self._next, None, None
-        return batches
-
-    def state_dict(self) -> dict:
-        return self._state_before if self._next is not None else self.loader.state_dict()
-
-    def report(self) -> dict:
-        return getattr(self.loader, "report", dict)()
-
-
-class StepTimer:
-    """Device time of one step, start of its first kernel to end of its last (CUDA events; host clock on
-    CPU). `elapsed()` waits for the device: it is the loop's one synchronisation per step."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        self.t_start = self.t_stop = 0.0
-
-    def start(self) -> None:
-        self.t_start = time.perf_counter()
-        if self.cuda:
-            self.begin.record()
-
-    def stop(self) -> None:
-        if self.cuda:
-            self.end.record()
-        self.t_stop = time.perf_counter()
-
-    def elapsed(self) -> float:
-        if not self.cuda:
-            return self.t_stop - self.t_start
-        torch.cuda.synchronize()
-        return self.begin.elapsed_time(self.end) / 1000.0
 
 
 def restore_schedule(trainer: Trainer, step: int) -> None:
