@@ -8,9 +8,9 @@
 import torch
 
 from cptrain.config import load_config
+from cptrain.looptools import Lookahead
 from cptrain.models.build import build_model
 from cptrain.parallel.dims import build_mesh, init_distributed
-from cptrain.looptools import Lookahead
 from cptrain.train import Trainer
 from tests.dist_utils import run_ranks
 from tests.train.test_trainer_equivalence import global_batches, stack
