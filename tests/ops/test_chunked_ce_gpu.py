@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cptrain.ops.chunked_ce import linear_cross_entropy
+from tests.ops.test_chunked_ce import naive_loss  # the fp32 reference (inputs are upcast here)
 
 pytestmark = pytest.mark.gpu
 IGNORE = -100
-
-
-def naive_loss(h, w, y, reduction="sum", z_loss=0.0, softcap=None):
-    z = h @ w.t()
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    valid = y != IGNORE
-    per_token = F.cross_entropy(z, y, ignore_index=IGNORE, reduction="none")
-    per_token = per_token + torch.where(valid, z_loss * torch.logsumexp(z, -1).square(), 0.0)
-    total = per_token.sum()
-    return total / valid.sum().clamp(min=1) if reduction == "mean" else total
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
