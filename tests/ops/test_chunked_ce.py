@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cptrain.ops.chunked_ce import linear_cross_entropy
+from tests.dist_utils import run_ranks
 
 IGNORE = -100
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -141,11 +141,12 @@ def test_bad_arguments_name_the_argument(bad, match):
 
 # ---- vocabulary parallel over a real 2-process gloo group ------------------------------------------------
 
-def _vocab_parallel_worker(rank: int, world: int, port: int) -> None:
+def _vocab_parallel_worker() -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo")  # rank, world size and address from run_ranks' environment
+    rank, world = dist.get_rank(), dist.get_world_size()
     try:
         for kw in ({"reduction": "sum"}, {"reduction": "mean", "z_loss": 1e-2, "softcap": 3.0}):
             hidden, weight, labels = make_case(v=51)  # 51 rows: uneven slices 26 / 25
@@ -163,10 +164,7 @@ def _vocab_parallel_worker(rank: int, world: int, port: int) -> None:
 
 
 def test_vocab_parallel_matches_single_process():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_vocab_parallel_worker, args=(2, port), nprocs=2, join=True)
+    run_ranks(2, _vocab_parallel_worker)
 
 
 # ---- the Triton kernels, run by Triton's interpreter on CPU ----------------------------------------------

@@ -3,8 +3,6 @@ checkpointing, torch.compile and FSDP2 over a real 2-process gloo group."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -12,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 from cptrain.models.decoder import MLP
 from cptrain.models.presets import ModelArgs
 from cptrain.ops.tiled_mlp import _plain_swiglu_weights, resolve_num_tiles, tiled_mlp
+from tests.dist_utils import run_ranks
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -115,13 +114,14 @@ def test_resolve_num_tiles():
 
 # ---- FSDP2 over a real 2-process gloo group ----------------------------------------------------------------
 
-def _fsdp_worker(rank: int, world: int, port: int) -> None:
+def _fsdp_worker() -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo")  # rank, world size and address from run_ranks' environment
+    world = dist.get_world_size()
     try:
         x = torch.randn(2, 11, 16, generator=torch.Generator().manual_seed(5))
         want = run(make_mlp(), x, 1)
@@ -138,7 +138,4 @@ def _fsdp_worker(rank: int, world: int, port: int) -> None:
 
 
 def test_fsdp2_sharded_grads_match_untiled():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_fsdp_worker, args=(2, port), nprocs=2, join=True)
+    run_ranks(2, _fsdp_worker)
