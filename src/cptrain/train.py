@@ -81,6 +81,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         for i, b in enumerate(micro_batches):
             b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
+            if self.cfg.model.attention == "auto" and single_document_rows(micro_batches[i]):
+                b["document_ids"] = None  # plain causal: SDPA's fused kernel instead of a document mask
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2; without it (one rank) nothing to sync
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
             loss = model(b["input_ids"], b["position_ids"], b["document_ids"], b["labels"])
@@ -88,10 +90,7 @@ class Trainer:
             loss_sum += loss.detach().double()
         if world > 1:
             dist.all_reduce(loss_sum)
-        params = [p for p in model.parameters() if p.grad is not None]
-        max_norm = self.cfg.train.max_grad_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        grad_norm = self._clip_gradients()
         loss_mean = loss_sum / global_tokens
         finite = torch.isfinite(loss_mean) & torch.isfinite(grad_norm)
         lr = self.cfg.optim.lr * lr_multiplier(self.step, self.cfg.schedule, self.cfg.train.steps)
@@ -100,6 +99,25 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return PendingStep(loss_mean, grad_norm, finite, global_tokens, lr)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """The global gradient norm; gradients are clipped to `train.max_grad_norm` (0: no clipping).
+
+        With the fused optimizer the clip is folded into its kernel: `grad_scale` (the divisor GradScaler
+        uses) is set to max(1, norm / max_norm), which saves a read and a write of every gradient.
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        max_norm = self.cfg.train.max_grad_norm
+        if max_norm > 0:
+            # the same coefficient as torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6), at most 1
+            divisor = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
+            if self.optimizer.param_groups[0].get("fused"):
+                self.optimizer.grad_scale = divisor
+            else:
+                torch._foreach_div_(grads, divisor.to(grads[0].dtype) if grads else divisor)
+        return norm
 
     def _optimizer_step(self, finite: torch.Tensor) -> None:
         if not self.cfg.train.skip_nan_steps:
@@ -120,6 +138,12 @@ class Trainer:
         self.tokens_seen += tokens
         return {"loss": loss, "grad_norm": float(pending.grad_norm), "lr": pending.lr, "tokens": tokens,
                 "skipped": not finite}
+
+
+def single_document_rows(batch: dict) -> bool:
+    """Every row of this host batch is one document with no padding, so the document mask is just causal."""
+    docs = batch.get("document_ids")
+    return docs is not None and not docs.is_cuda and bool((docs == docs[:, :1]).all() and (docs[:, 0] >= 0).all())
 
 
 def restore_schedule(trainer: Trainer, step: int) -> None:

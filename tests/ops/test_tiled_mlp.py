@@ -102,11 +102,14 @@ def test_resolve_num_tiles():
     assert resolve_num_tiles("8", 4096, 4096, 14336, 1) == 8
     assert resolve_num_tiles(3, 4096, 4096, 14336, 1) == 3
     assert resolve_num_tiles("auto", 4096, 4096, 14336, 1) == 1  # short: the untiled MLP is small
+    assert resolve_num_tiles("auto", 8192, 4096, 14336, 1) == 1  # llama3.1-8b at 8K: 0.9 GiB, untiled
     for seq, dim, ffn in [(131072, 2048, 8192), (131072, 4096, 14336), (524288, 4096, 14336)]:
         tiles = resolve_num_tiles("auto", seq, dim, ffn, 1)
         per_tile = seq / tiles * ffn * 2 * 4
-        assert tiles > 1 and per_tile <= max(seq * dim * 2, 2**30) * 1.001
-    assert resolve_num_tiles("auto", 2048, 64, 100000, 1) == 2  # tiles never shorter than 1024 tokens
+        assert tiles > 1 and per_tile <= max(seq * dim * 2 / 4, 128 * 2**20) * 1.001
+        assert seq // tiles >= 1024
+    assert resolve_num_tiles("auto", 131072, 2048, 8192, 1) == 64
+    assert resolve_num_tiles("auto", 4096, 64, 100000, 1) == 4  # tiles never shorter than 1024 tokens
     for bad in ("0", "-2", "many", ""):
         with pytest.raises(ValueError, match="model.tiled_mlp"):
             resolve_num_tiles(bad, 1024, 64, 128, 1)

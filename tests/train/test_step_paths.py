@@ -143,3 +143,35 @@ def test_lookahead_checkpoints_the_position_trained_on():
     feed.fetch()  # the next step's batches, fetched while the device runs this one
     assert loader.handed_out == 4 and feed.state_dict() == {"handed_out": 2}
     assert [b["n"] for b in feed.take()] == [3, 4] and feed.state_dict() == {"handed_out": 4}
+
+
+def single_doc_losses(attention: str, sd: dict) -> list[float]:
+    env = init_distributed("cpu")
+    cfg = load_config(None, ["model.preset=debug", "model.init=random", "model.loss=naive", "model.tokenizer=x",
+                             TIED, "precision.param_dtype=fp32", f"model.attention={attention}", "train.steps=3",
+                             "optim.lr=1e-2"])
+    model = build_model(cfg.model, cfg.precision, build_mesh(cfg.parallel, env), env.device, seq_len=32,
+                        micro_batch_size=4, full_state_dict=sd, use_state_dict=True)
+    trainer = Trainer(cfg, model, env.device)
+    losses = []
+    for rows in global_batches():
+        batch = stack(rows)
+        batch["document_ids"] = torch.zeros_like(batch["document_ids"])  # each row one document
+        batch["position_ids"] = torch.arange(32).expand(4, 32).clone()
+        losses.append(trainer.train_step([batch])["loss"])
+    return losses
+
+
+def test_single_document_rows_train_as_plain_causal():
+    """attention=auto drops the mask of rows that are each one document (SDPA's causal kernel); the losses
+    equal those of the explicit document mask (attention=sdpa keeps it)."""
+    from cptrain.train import single_document_rows
+
+    docs = torch.zeros(2, 8, dtype=torch.int32)
+    assert single_document_rows({"document_ids": docs})
+    docs[1, 5:] = 1
+    assert not single_document_rows({"document_ids": docs})
+    assert not single_document_rows({"document_ids": torch.full((1, 8), -1, dtype=torch.int32)})  # padding
+    sd = full_state_dict()
+    auto, masked = run_ranks(1, single_doc_losses, "auto", sd)[0], run_ranks(1, single_doc_losses, "sdpa", sd)[0]
+    assert all(abs(a - b) < 1e-5 for a, b in zip(auto, masked)), (auto, masked)

@@ -1,4 +1,5 @@
-"""FSDP2 over 2 gloo ranks == 1 rank; grad accumulation 4x1 == 1x4 (CPU, fp32)."""
+"""FSDP2 over 2 gloo ranks == 1 rank; grad accumulation 4x1 == 1x4; fused AdamW (clipping folded into its
+kernel) == foreach AdamW with clipping applied to the gradients (CPU, fp32)."""
 
 import torch
 
@@ -44,11 +45,11 @@ def stack(rows: list[dict]) -> dict:
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def train_losses(micro_batch_size: int, sd: dict) -> tuple[list[float], dict]:
+def train_losses(micro_batch_size: int, sd: dict, extra: tuple[str, ...] = ()) -> tuple[list[float], dict]:
     env = init_distributed("cpu")
     cfg = load_config(None, ["model.preset=debug", "model.init=random", "model.loss=naive", "model.tokenizer=x",
                              "precision.param_dtype=fp32", f"train.micro_batch_size={micro_batch_size}",
-                             f"train.steps={STEPS}", "schedule.warmup_steps=1", "optim.lr=1e-2"])
+                             f"train.steps={STEPS}", "schedule.warmup_steps=1", "optim.lr=1e-2", *extra])
     mesh = build_mesh(cfg.parallel, env)
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=SEQ,
                         micro_batch_size=micro_batch_size, full_state_dict=sd if env.rank == 0 else None,
@@ -86,3 +87,20 @@ def test_grad_accumulation_4x1_equals_1x4():
         assert abs(a - b) < 1e-6, (accum, single)
     for k in p_accum:
         torch.testing.assert_close(p_accum[k], p_single[k], rtol=0, atol=1e-4)  # Adam: see above
+
+
+def test_fused_optimizer_with_folded_clip_matches_foreach():
+    """max_grad_norm 0.05 clips every step; the fused kernel divides by grad_scale, foreach clips the grads."""
+    sd = full_state_dict()
+    for world in (1, 2):
+        runs = {}
+        for fused in ("off", "on"):
+            extra = ("train.max_grad_norm=0.05", f"optim.fused={fused}")
+            runs[fused] = run_ranks(world, train_losses, 4 // world, sd, extra)[0]
+        (l_off, p_off), (l_on, p_on) = runs["off"], runs["on"]
+        for a, b in zip(l_off, l_on):
+            assert abs(a - b) < 1e-5, (world, l_off, l_on)
+        for k in p_off:
+            torch.testing.assert_close(p_off[k], p_on[k], rtol=0, atol=1e-4)
+    unclipped = run_ranks(1, train_losses, 4, sd, ("train.max_grad_norm=0",))[0][0]
+    assert abs(unclipped[-1] - runs["off"][0][-1]) > 1e-4  # clipping changed the trajectory

@@ -133,9 +133,10 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         row_scale = row_scale / n_valid.clamp(min=1)
     need_grads = need_hidden or need_weight
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    grad_weight = torch.zeros_like(weight) if need_weight else None
+    # the first chunk writes d(weight) whole (no zero fill, no read of zeros); no chunk at all: zeros
+    grad_weight = (torch.empty_like(weight) if n_tokens else torch.zeros_like(weight)) if need_weight else None
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    rows = min(opts.chunk_size, n_tokens)
+    rows = max(1, min(opts.chunk_size, n_tokens))
     buffer = (torch.empty((rows, vocab_local), dtype=hidden.dtype, device=hidden.device)
               if opts.use_triton else None)
 
@@ -160,7 +161,10 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         if grad_hidden is not None:
             torch.mm(grad_logits, weight, out=grad_hidden[start:end])
         if grad_weight is not None:
-            grad_weight.addmm_(grad_logits.t(), h)
+            if start == 0:
+                torch.mm(grad_logits.t(), h, out=grad_weight)
+            else:
+                grad_weight.addmm_(grad_logits.t(), h)
 
     if group is not None and grad_hidden is not None:
         dist.all_reduce(grad_hidden, group=group)

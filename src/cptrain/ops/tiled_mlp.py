@@ -35,7 +35,8 @@ from torch import nn
 _BYTES_PER_ELEMENT = 2  # bf16 activations
 # gate and up outputs, their gated product and one gradient of that width are live together in backward
 _LIVE_FFN_TENSORS = 4
-_MIN_TILE_BUDGET_BYTES = 2**30
+_UNTILED_MAX_BYTES = 2**30
+_MIN_TILE_BUDGET_BYTES = 128 * 2**20
 _MIN_TILE_TOKENS = 1024
 
 
@@ -77,9 +78,11 @@ def _plain_swiglu_weights(fn, params: list[torch.Tensor], x: torch.Tensor):
 def resolve_num_tiles(setting: str | int, seq_len: int, dim: int, ffn_dim: int, micro_batch_size: int) -> int:
     """Tile count for `model.tiled_mlp = "off" | "auto" | "N"`.
 
-    auto: enough tiles that one tile's ffn-wide intermediates fit in max(1 GiB, one [tokens, dim]
-    activation), so the MLP never dominates the block's memory; 1 when the untiled MLP already fits (short
-    sequences); tiles of at least 1024 tokens to keep the matmuls efficient.
+    auto: 1 when the untiled intermediates take at most 1 GiB (short sequences: tiling would only cost
+    time). Otherwise enough tiles that one tile's ffn-wide intermediates fit in a quarter of one
+    [tokens, dim] activation (at least 128 MiB): the MLP then adds little beyond its input, output and
+    their gradients, which exist anyway (with the 4-8x wider ffn, the MLP's peak falls below 1/8 of the
+    untiled one). Tiles keep at least 1024 tokens so their matmuls stay efficient.
     """
     text = str(setting).strip().lower()
     if text == "off":
@@ -87,9 +90,9 @@ def resolve_num_tiles(setting: str | int, seq_len: int, dim: int, ffn_dim: int, 
     if text == "auto":
         tokens = seq_len * micro_batch_size
         intermediates = tokens * ffn_dim * _BYTES_PER_ELEMENT * _LIVE_FFN_TENSORS
-        budget = max(tokens * dim * _BYTES_PER_ELEMENT, _MIN_TILE_BUDGET_BYTES)
-        if intermediates <= budget:
+        if intermediates <= _UNTILED_MAX_BYTES:
             return 1
+        budget = max(tokens * dim * _BYTES_PER_ELEMENT // 4, _MIN_TILE_BUDGET_BYTES)
         return max(1, min(math.ceil(intermediates / budget), tokens // _MIN_TILE_TOKENS))
     try:
         tiles = int(text)
