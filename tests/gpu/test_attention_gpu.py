@@ -45,3 +45,26 @@ def test_decoder_bf16_matches_fp32_on_cuda():
     assert torch.isfinite(out) and abs(out.item() - ref.item()) / ref.item() < 2e-2
     out.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_causal_sdpa_with_cudnn_first_matches_reference():
+    """The single-document path: plain causal SDPA with cuDNN preferred (as build_model sets it), GQA,
+    forward and backward against the fp32 reference."""
+    from torch.nn.attention import SDPBackend
+
+    from cptrain.ops.attention import prefer_cudnn_sdpa
+
+    prefer_cudnn_sdpa()
+    assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+    b, hq, hkv, s, d = 1, 8, 2, 2048, 128
+    q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for h in (hq, hkv, hkv))
+    out = attention(q, k, v, None, backend="auto")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = reference_attention(qf, kf, vf, None)
+    ref.backward(grad.float())
+    for mine, theirs in ((out, ref), (q.grad, qf.grad), (k.grad, kf.grad), (v.grad, vf.grad)):
+        rel = (mine.float() - theirs).norm() / theirs.norm()
+        assert rel < 2e-2, rel.item()

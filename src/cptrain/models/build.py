@@ -54,6 +54,10 @@ def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torc
     """A sharded (FSDP2; see `parallelize` for one rank), materialized decoder. With `use_state_dict` (on
     every rank), weights come from rank 0's `full_state_dict` instead of `model.init`."""
     args = model_args(cfg)
+    if device.type == "cuda" and cfg.attention in ("auto", "sdpa"):
+        from cptrain.ops.attention import prefer_cudnn_sdpa
+
+        prefer_cudnn_sdpa()
     with torch.device("meta"):
         model = Decoder(args)
     configure(model, cfg, seq_len, micro_batch_size)
