@@ -82,11 +82,11 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
                                             dump_dir=work / v.name)
         return v
 
-    def cpt(ac: str | None) -> Variant:
-        v = Variant("cptrain", f"cptrain-{ac or 'recipe'}", f"recipe{f', AC {ac}' if ac else ''}",
+    def cpt(ac: str | None, extra: tuple[str, ...] = (), slug: str = "") -> Variant:
+        v = Variant("cptrain", f"cptrain-{ac or 'recipe'}{slug}", f"recipe{f', AC {ac}' if ac else ''}",
                     (ac or recipe_ac) != "none", n_gpus, 100 if big else 60)
         overrides = [f"model.preset={shape}", "model.init=random", f"train.seq_len={seq}",
-                     "train.micro_batch_size=1"] + ([f"model.activation_checkpointing={ac}"] if ac else [])
+                     "train.micro_batch_size=1", *extra] + ([f"model.activation_checkpointing={ac}"] if ac else [])
         if ns.recipe.exists():
             v.cmd = cptrain_peer.command(ns.recipe, work / v.name, steps, n_gpus, overrides)
         else:
@@ -100,8 +100,10 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
     else:
         # 8B on H200 (141 GB): states and activations without recomputation fit, so each peer's likely best
         # is its no-recompute setting; the reference settings (GC / selective AC) follow as time allows
-        order = [cpt(None), titan("none", True), hf(True, False), titan("selective", True), hf(True, True),
-                 cpt(other_ac), titan("selective", False), hf(False, True)]
+        keep = ("parallel.reshard_after_forward=false",)
+        order = [cpt(None), cpt(None, keep, "-keep"), cpt(None, keep + ("precision.reduce_dtype=bf16",), "-keep-bf16rs"),
+                 titan("none", True), hf(True, False), titan("selective", True), hf(True, True), cpt(other_ac),
+                 titan("selective", False), hf(False, True)]
     return [v for v in order if v.peer in ns.peers]
 
 

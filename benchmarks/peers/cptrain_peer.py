@@ -34,6 +34,8 @@ def setting_of(run_dir: Path) -> dict:
         "attention": model.get("attention"), "loss": model.get("loss"), "tiled_mlp": model.get("tiled_mlp"),
         "seq_len": train.get("seq_len"), "micro_batch_size": train.get("micro_batch_size"),
         "fp8": cfg.get("precision", {}).get("fp8"),
+        "reshard_after_forward": cfg.get("parallel", {}).get("reshard_after_forward"),
+        "reduce_dtype": cfg.get("precision", {}).get("reduce_dtype"),
     }.items() if v is not None}
 
 
@@ -46,6 +48,10 @@ def describe(setting: dict) -> str:
         parts.append(f"tiled MLP {setting['tiled_mlp']}")
     if setting.get("fp8"):
         parts.append("FP8")
+    if setting.get("reshard_after_forward") is False:
+        parts.append("no reshard after forward")
+    if setting.get("reduce_dtype") == "bf16":
+        parts.append("bf16 reduce-scatter")
     return ", ".join(parts)
 
 

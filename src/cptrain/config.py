@@ -63,6 +63,9 @@ class ParallelConfig:
     # auto: FSDP2 when the data-parallel mesh has several ranks; one rank keeps plain fp32 parameters cast to
     # precision.param_dtype where used (same numerics, none of FSDP2's copies). always: FSDP2 even on one rank
     fsdp: Literal["auto", "always"] = "auto"
+    # false: each block keeps its gathered bf16 parameters from forward to backward (one all-gather per step
+    # instead of two; costs the unsharded bf16 weights in memory, ZeRO-2 style). The last block never reshards
+    reshard_after_forward: bool = True
 
     def validate(self, prefix: str) -> None:
         for name in ("dp_replicate", "tp", "pp", "cp"):

@@ -183,7 +183,8 @@ def _run(cfg: Config, env) -> dict:
     args = model_args(cfg.model)
     folder.save_model_info(args, tokenizer)
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
-                        micro_batch_size=cfg.train.micro_batch_size, fsdp=cfg.parallel.fsdp)
+                        micro_batch_size=cfg.train.micro_batch_size, fsdp=cfg.parallel.fsdp,
+                        reshard_after_forward=cfg.parallel.reshard_after_forward)
     trainer = Trainer(cfg, model, env.device)
     data_kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
     loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,

@@ -53,7 +53,7 @@ def train_losses(micro_batch_size: int, sd: dict, extra: tuple[str, ...] = ()) -
     mesh = build_mesh(cfg.parallel, env)
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=SEQ,
                         micro_batch_size=micro_batch_size, full_state_dict=sd if env.rank == 0 else None,
-                        use_state_dict=True)
+                        use_state_dict=True, reshard_after_forward=cfg.parallel.reshard_after_forward)
     trainer = Trainer(cfg, model, env.device)
     per_rank = ROWS // env.world_size
     losses = []
@@ -70,12 +70,15 @@ def test_two_ranks_match_one_rank():
     sd = full_state_dict()
     one, params_one = run_ranks(1, train_losses, 2, sd)[0]
     two, params_two = run_ranks(2, train_losses, 1, sd)[0]
+    # blocks keeping their gathered weights from forward to backward: same numbers
+    kept, params_kept = run_ranks(2, train_losses, 1, sd, ("parallel.reshard_after_forward=false",))[0]
     assert len(one) == STEPS
-    for a, b in zip(one, two):
-        assert abs(a - b) < 1e-5, (one, two)
+    for a, b, c in zip(one, two, kept):
+        assert abs(a - b) < 1e-5 and abs(a - c) < 1e-5, (one, two, kept)
     for k in params_one:
         # Adam divides by sqrt(v): near-zero gradients amplify reduction-order rounding
         torch.testing.assert_close(params_one[k], params_two[k], rtol=0, atol=2e-4)
+        torch.testing.assert_close(params_one[k], params_kept[k], rtol=0, atol=2e-4)
     first = full_state_dict()
     assert any((params_one[k] - first[k]).abs().max() > 1e-4 for k in first)  # the optimizer moved
 

@@ -50,7 +50,7 @@ def pretrained_state_dict(cfg: ModelConfig, args: ModelArgs) -> dict[str, torch.
 
 def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torch.device, *, seq_len: int,
                 micro_batch_size: int, full_state_dict: dict | None = None,
-                use_state_dict: bool = False, fsdp: str = "auto") -> Decoder:
+                use_state_dict: bool = False, fsdp: str = "auto", reshard_after_forward: bool = True) -> Decoder:
     """A sharded (FSDP2; see `parallelize` for one rank), materialized decoder. With `use_state_dict` (on
     every rank), weights come from rank 0's `full_state_dict` instead of `model.init`."""
     args = model_args(cfg)
@@ -63,7 +63,8 @@ def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torc
     configure(model, cfg, seq_len, micro_batch_size)
     parallelize(model, mesh, param_dtype=param_dtype_for(precision.param_dtype, device),
                 reduce_dtype=DTYPES[precision.reduce_dtype],
-                activation_checkpointing=cfg.activation_checkpointing, compile_blocks=cfg.compile, fsdp=fsdp)
+                activation_checkpointing=cfg.activation_checkpointing, compile_blocks=cfg.compile, fsdp=fsdp,
+                reshard_after_forward=reshard_after_forward)
     model.to_empty(device=device)
     if not uses_fsdp(mesh, fsdp):
         from cptrain.models.hf import tie_weights

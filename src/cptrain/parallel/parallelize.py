@@ -36,7 +36,7 @@ def uses_fsdp(mesh, fsdp: str) -> bool:
 
 def parallelize(model: Decoder, mesh, *, param_dtype: torch.dtype, reduce_dtype: torch.dtype,
                 activation_checkpointing: str = "none", compile_blocks: bool = False,
-                fsdp: str = "auto") -> Decoder:
+                fsdp: str = "auto", reshard_after_forward: bool = True) -> Decoder:
     # activations run in param_dtype either way; fp32 parameters (no FSDP) are cast where used
     model.compute_dtype = param_dtype
     # 1. activation checkpointing: recompute each block in backward
@@ -54,6 +54,6 @@ def parallelize(model: Decoder, mesh, *, param_dtype: torch.dtype, reduce_dtype:
     n = len(model.layers)
     for i, block in enumerate(model.layers.values()):
         # the last block's parameters are needed again right away in backward: keep them gathered
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1)
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < n - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
     return model
