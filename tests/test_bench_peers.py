@@ -51,3 +51,15 @@ def test_cptrain_metrics_reader(tmp_path):
     assert result["peak_mem_gib"] == 25.0 and result["steps_timed"] == 3
     assert cptrain_peer.setting_of(tmp_path) == {"activation_checkpointing": "full", "compile": True}
     assert cptrain_peer.parse_metrics(tmp_path / "missing", warmup=0)["status"] == "error"
+
+
+def test_cptrain_setting_names_the_fsdp_options(tmp_path):
+    """Q2's extra cptrain rows must say which FSDP options they ran with; defaults add nothing."""
+    resolved = ('[model]\nactivation_checkpointing = "none"\ncompile = true\n'
+                '[parallel]\nreshard_after_forward = false\n[precision]\nreduce_dtype = "bf16"\n')
+    (tmp_path / "config.resolved.toml").write_text(resolved)
+    label = cptrain_peer.describe(cptrain_peer.setting_of(tmp_path))
+    assert label.endswith("no reshard after forward, bf16 reduce-scatter"), label
+    defaults = cptrain_peer.describe({"activation_checkpointing": "none", "compile": True,
+                                      "reshard_after_forward": True, "reduce_dtype": "fp32"})
+    assert "reshard" not in defaults and "reduce" not in defaults
