@@ -80,12 +80,12 @@ class Trainer:
             scale = 1.0 / global_tokens
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         for i, b in enumerate(micro_batches):
-            b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
-            if self.cfg.model.attention == "auto" and single_document_rows(micro_batches[i]):
-                b["document_ids"] = None  # plain causal: SDPA's fused kernel instead of a document mask
+            # rows that are each one document need only the causal mask: SDPA's fused kernel, no ids sent
+            causal_only = self.cfg.model.attention == "auto" and single_document_rows(b)
+            b = {k: v.to(dev, non_blocking=True) for k, v in b.items() if not (causal_only and k == "document_ids")}
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2; without it (one rank) nothing to sync
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            loss = model(b["input_ids"], b["position_ids"], b["document_ids"], b["labels"])
+            loss = model(b["input_ids"], b["position_ids"], b.get("document_ids"), b["labels"])
             (loss * scale).backward()
             loss_sum += loss.detach().double()
         if world > 1:
@@ -115,8 +115,8 @@ class Trainer:
             divisor = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
             if self.optimizer.param_groups[0].get("fused"):
                 self.optimizer.grad_scale = divisor
-            else:
-                torch._foreach_div_(grads, divisor.to(grads[0].dtype) if grads else divisor)
+            elif grads:
+                torch._foreach_div_(grads, divisor.to(grads[0].dtype))
         return norm
 
     def _optimizer_step(self, finite: torch.Tensor) -> None:

@@ -28,11 +28,12 @@ def full_state_dict() -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _trainer(fsdp: str, param_dtype: str, fused: str, sd: dict | None) -> Trainer:
+def _trainer(fsdp: str, param_dtype: str, fused: str, sd: dict | None, extra: tuple[str, ...] = ()) -> Trainer:
     env = init_distributed("cpu")
     cfg = load_config(None, ["model.preset=debug", "model.init=random", "model.loss=naive", "model.tokenizer=x",
                              TIED, f"precision.param_dtype={param_dtype}", f"parallel.fsdp={fsdp}",
-                             f"optim.fused={fused}", "train.steps=10", "schedule.warmup_steps=1", "optim.lr=1e-2"])
+                             f"optim.fused={fused}", "train.steps=10", "schedule.warmup_steps=1", "optim.lr=1e-2",
+                             *extra])
     model = build_model(cfg.model, cfg.precision, build_mesh(cfg.parallel, env), env.device, seq_len=32,
                         micro_batch_size=4, full_state_dict=sd, use_state_dict=sd is not None, fsdp=fsdp)
     return Trainer(cfg, model, env.device)
@@ -146,13 +147,7 @@ def test_lookahead_checkpoints_the_position_trained_on():
 
 
 def single_doc_losses(attention: str, sd: dict) -> list[float]:
-    env = init_distributed("cpu")
-    cfg = load_config(None, ["model.preset=debug", "model.init=random", "model.loss=naive", "model.tokenizer=x",
-                             TIED, "precision.param_dtype=fp32", f"model.attention={attention}", "train.steps=3",
-                             "optim.lr=1e-2"])
-    model = build_model(cfg.model, cfg.precision, build_mesh(cfg.parallel, env), env.device, seq_len=32,
-                        micro_batch_size=4, full_state_dict=sd, use_state_dict=True)
-    trainer = Trainer(cfg, model, env.device)
+    trainer = _trainer("auto", "fp32", "off", sd, (f"model.attention={attention}",))
     losses = []
     for rows in global_batches():
         batch = stack(rows)
