@@ -78,7 +78,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", default="131072,524288")
     p.add_argument("--models", default=",".join(SHAPES))
-    p.add_argument("--tiles", default="4,32", help="fixed tile counts run besides untiled and auto")
+    p.add_argument("--tiles", default="8,32", help="fixed tile counts run besides untiled and auto")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=150.0, help="stop starting new shapes after this")

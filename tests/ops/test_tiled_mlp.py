@@ -97,18 +97,31 @@ def test_frozen_parameter_and_grad_accumulation():
     torch.testing.assert_close(mlp.down_proj.weight.grad, 2 * want[4], **TOL)
 
 
+def test_split_tiles_aligns_large_tiles():
+    from cptrain.ops.tiled_mlp import split_tiles
+
+    for n, tiles in [(131072, 48), (131072, 32), (524288, 42), (5000, 3), (22, 3), (7, 10)]:
+        sizes = [t.shape[0] for t in split_tiles(torch.empty(n, 1), tiles)]
+        assert sum(sizes) == n and len(sizes) <= tiles, (n, tiles, sizes)
+        if n // tiles >= 1024:
+            assert all(s % 128 == 0 for s in sizes[:-1]) and len(set(sizes[:-1])) == 1, sizes
+        else:
+            assert set(sizes[:-1]) <= {-(-n // tiles)}, sizes  # small tiles: ceil(n / tiles) rows
+    assert [t.shape[0] for t in split_tiles(torch.empty(131072, 1), 48)] == [2816] * 46 + [1536]
+
+
 def test_resolve_num_tiles():
     assert resolve_num_tiles("off", 131072, 4096, 14336, 1) == 1
     assert resolve_num_tiles("8", 4096, 4096, 14336, 1) == 8
     assert resolve_num_tiles(3, 4096, 4096, 14336, 1) == 3
     assert resolve_num_tiles("auto", 4096, 4096, 14336, 1) == 1  # short: the untiled MLP is small
-    assert resolve_num_tiles("auto", 8192, 4096, 14336, 1) == 1  # llama3.1-8b at 8K: 0.9 GiB, untiled
+    assert resolve_num_tiles("auto", 8192, 4096, 14336, 1) == 1  # llama3.1-8b at 8K: 0.7 GiB, untiled
     for seq, dim, ffn in [(131072, 2048, 8192), (131072, 4096, 14336), (524288, 4096, 14336)]:
         tiles = resolve_num_tiles("auto", seq, dim, ffn, 1)
-        per_tile = seq / tiles * ffn * 2 * 4
+        per_tile = seq / tiles * ffn * 2 * 3
         assert tiles > 1 and per_tile <= max(seq * dim * 2 / 4, 128 * 2**20) * 1.001
         assert seq // tiles >= 1024
-    assert resolve_num_tiles("auto", 131072, 2048, 8192, 1) == 64
+    assert resolve_num_tiles("auto", 131072, 2048, 8192, 1) == 48
     assert resolve_num_tiles("auto", 4096, 64, 100000, 1) == 4  # tiles never shorter than 1024 tokens
     for bad in ("0", "-2", "many", ""):
         with pytest.raises(ValueError, match="model.tiled_mlp"):
