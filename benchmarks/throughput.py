@@ -95,7 +95,8 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
 
     other_ac = "full" if recipe_ac == "none" else "none"
     if q == 1:
-        order = [cpt(None), hf(True, False), titan("none", True), hf(False, False), cpt(other_ac),
+        bf16w = ("precision.master_dtype=bf16",)  # HF+Liger's best setting: bf16 weights and AdamW states
+        order = [cpt(None), cpt(None, bf16w, "-bf16w"), hf(True, False), titan("none", True), hf(False, False), cpt(other_ac),
                  hf(True, True), hf(False, True), titan("selective", False), titan("selective", True)]
     else:
         # 8B on H200 (141 GB): states and activations without recomputation fit, so each peer's likely best

@@ -56,10 +56,12 @@ def test_cptrain_metrics_reader(tmp_path):
 def test_cptrain_setting_names_the_fsdp_options(tmp_path):
     """Q2's extra cptrain rows must say which FSDP options they ran with; defaults add nothing."""
     resolved = ('[model]\nactivation_checkpointing = "none"\ncompile = true\n'
-                '[parallel]\nreshard_after_forward = false\n[precision]\nreduce_dtype = "bf16"\n')
+                '[parallel]\nreshard_after_forward = false\n[precision]\nreduce_dtype = "bf16"\n'
+                'master_dtype = "bf16"\n')
     (tmp_path / "config.resolved.toml").write_text(resolved)
     label = cptrain_peer.describe(cptrain_peer.setting_of(tmp_path))
-    assert label.endswith("no reshard after forward, bf16 reduce-scatter"), label
+    assert label.endswith("no reshard after forward, bf16 reduce-scatter, bf16 weights + AdamW states"), label
     defaults = cptrain_peer.describe({"activation_checkpointing": "none", "compile": True,
-                                      "reshard_after_forward": True, "reduce_dtype": "fp32"})
-    assert "reshard" not in defaults and "reduce" not in defaults
+                                      "reshard_after_forward": True, "reduce_dtype": "fp32",
+                                      "master_dtype": "fp32"})
+    assert "reshard" not in defaults and "reduce" not in defaults and "bf16" not in defaults

@@ -36,6 +36,7 @@ def setting_of(run_dir: Path) -> dict:
         "fp8": cfg.get("precision", {}).get("fp8"),
         "reshard_after_forward": cfg.get("parallel", {}).get("reshard_after_forward"),
         "reduce_dtype": cfg.get("precision", {}).get("reduce_dtype"),
+        "master_dtype": cfg.get("precision", {}).get("master_dtype"),
     }.items() if v is not None}
 
 
@@ -52,6 +53,8 @@ def describe(setting: dict) -> str:
         parts.append("no reshard after forward")
     if setting.get("reduce_dtype") == "bf16":
         parts.append("bf16 reduce-scatter")
+    if setting.get("master_dtype") == "bf16":
+        parts.append("bf16 weights + AdamW states")
     return ", ".join(parts)
 
 

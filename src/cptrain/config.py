@@ -116,6 +116,11 @@ class ScheduleConfig:
 class PrecisionConfig:
     param_dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    # the parameters the optimizer updates, and with them the AdamW moments and the gradients. fp32: master
+    # weights (the default). bf16: every parameter, gradient and moment in bf16 (what HF Trainer does with a
+    # bf16 model): half the memory and optimizer traffic, but updates smaller than a weight's bf16 spacing
+    # round away, which shows late in a decay to a small LR
+    master_dtype: Literal["fp32", "bf16"] = "fp32"
     fp8: bool = False
 
     def validate(self, prefix: str) -> None:

@@ -42,13 +42,15 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def test_resume_is_bitwise_identical(tmp_path, corpus):
+@pytest.mark.parametrize("master", ["fp32", "bf16"])
+def test_resume_is_bitwise_identical(tmp_path, corpus, master):
+    opt = f"precision.master_dtype={master}"  # bf16: weights and AdamW moments saved and restored in bf16
     full = tmp_path / "full"
-    run(_cfg(full, corpus))
+    run(_cfg(full, corpus, opt))
     resumed = tmp_path / "resumed"
-    assert run(_cfg(resumed, corpus, "train.stop_at_step=4")) == {"stopped_at": 4}
+    assert run(_cfg(resumed, corpus, opt, "train.stop_at_step=4")) == {"stopped_at": 4}
     assert (resumed / "checkpoints" / "step-4" / "COMMITTED").is_file()
-    run(_cfg(resumed, corpus))
+    run(_cfg(resumed, corpus, opt))
     a, b = _losses(full), _losses(resumed)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # exact float equality

@@ -96,6 +96,32 @@ def test_one_rank_without_fsdp_matches_fsdp_mixed_precision():
         assert diff.mean() < 2e-4 and diff.max() < 2e-2, (k, diff.mean(), diff.max())  # lr = 1e-2
 
 
+def train_bf16_master(fsdp: str, fused: str, sd: dict) -> tuple[list[float], set, set, bool]:
+    trainer = _trainer(fsdp, "bf16", fused, sd, ("precision.master_dtype=bf16",))
+    tied = trainer.model.lm_head.weight is trainer.model.embed_tokens.weight or fsdp == "always"
+    losses = [trainer.train_step([stack(rows)])["loss"] for rows in global_batches()]
+    param_dtypes = {p.dtype for p in trainer.model.parameters()}
+    state_dtypes = {t.dtype for s in trainer.optimizer.state.values() for k, t in s.items() if k != "step"}
+    return losses, param_dtypes, state_dtypes, tied
+
+
+def test_bf16_master_weights():
+    """precision.master_dtype=bf16: parameters, gradients and AdamW moments all bf16 (the HF bf16-model
+    setting); the model still trains, stays tied, and the FSDP2 and plain one-rank paths agree."""
+    sd = full_state_dict()
+    results = {}
+    for fsdp, fused in (("auto", "on"), ("auto", "off"), ("always", "on")):
+        losses, params, states, tied = run_ranks(1, train_bf16_master, fsdp, fused, sd)[0]
+        assert params == {torch.bfloat16} and states == {torch.bfloat16} and tied, (fsdp, params, states)
+        assert losses[-1] < losses[0], losses
+        results[(fsdp, fused)] = losses
+    first = {losses[0] for losses in results.values()}
+    assert len(first) == 1  # before any update: the same bf16 forward from the same bf16 weights
+    for losses in results.values():
+        for a, b in zip(losses, results[("auto", "on")]):
+            assert abs(a - b) <= 2e-2 * abs(b), results
+
+
 def skip_nan(fsdp: str, fused: str, sd: dict) -> tuple[list[dict], bool, int, float]:
     """Step, then a step whose loss is NaN, then another step: the NaN step changes nothing."""
     trainer = _trainer(fsdp, "fp32", fused, sd)

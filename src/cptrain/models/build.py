@@ -60,6 +60,9 @@ def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torc
         prefer_cudnn_sdpa()
     with torch.device("meta"):
         model = Decoder(args)
+    if precision.master_dtype != "fp32":
+        for param in model.parameters():  # in place: tied parameters stay one parameter; buffers (RoPE) keep fp32
+            param.data = param.data.to(DTYPES[precision.master_dtype])
     configure(model, cfg, seq_len, micro_batch_size)
     parallelize(model, mesh, param_dtype=param_dtype_for(precision.param_dtype, device),
                 reduce_dtype=DTYPES[precision.reduce_dtype],
