@@ -166,7 +166,8 @@ def write_results(question: str, title: str, table_md: str, rows: list[dict], in
     out = os.environ.get("OUT")
     if out:
         for path in [md_path, json_path] + ([log_path] if log_path and log_path.exists() else []):
-            shutil.copy(path, Path(out) / path.name)
+            if (Path(out) / path.name).resolve() != path.resolve():  # --results-dir may be $OUT itself
+                shutil.copy(path, Path(out) / path.name)
     return written
 
 

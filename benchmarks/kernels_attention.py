@@ -5,7 +5,8 @@
 Which backend, and which FlexAttention block sizes, cptrain should use for packed rows (document mask)
 and for rows holding a single document (plain causal). Per head shape and row kind: FlexAttention with
 the inductor defaults and with a few forward / backward block settings (`kernel_options`), and for
-single-document rows SDPA restricted to cuDNN and to flash. TFLOP/s counts the attention work actually
+single-document rows SDPA restricted to cuDNN and to flash; for packed rows cptrain's hybrid path
+(documents of 2048+ tokens as their own causal SDPA calls, FlexAttention for the rest). TFLOP/s counts the attention work actually
 masked in (causal, per document), 4*S_doc^2/2*D*Hq forward and 2.5x that backward.
 Writes benchmarks/results/<date>-<device>-kernels-attention.md and .json (and into $OUT when set).
 """
@@ -76,7 +77,7 @@ def time_fn(fn, q, k, v, grad, warmup: int, repeats: int) -> tuple[float, float]
     return harness.median(fwd), harness.median(both)
 
 
-def variants(docs: torch.Tensor, kind: str, gqa: bool):
+def variants(docs: torch.Tensor, kind: str, gqa: bool, settings: str = "all"):
     s = docs.shape[1]
     flat = docs[0]
 
@@ -86,9 +87,26 @@ def variants(docs: torch.Tensor, kind: str, gqa: bool):
     block_mask = create_block_mask(mask_mod, 1, None, s, s, device=docs.device, _compile=True)
     compiled = torch.compile(flex_attention, dynamic=False)
     for name, opts in FLEX_SETTINGS.items():
+        if settings == "default" and opts is not None:
+            continue
         def run(q, k, v, opts=opts):
             return compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa, kernel_options=opts)
         yield name, run
+    if kind == "packed":  # cptrain's hybrid path: long documents through cuDNN SDPA, FlexAttention the rest
+        from cptrain.ops.attention import (
+            flex_block_mask,
+            hybrid_attention,
+            long_document_spans,
+            prefer_cudnn_sdpa,
+        )
+
+        prefer_cudnn_sdpa()
+        spans = long_document_spans(docs)
+        hybrid_mask = flex_block_mask(docs, spans)
+
+        def run(q, k, v):
+            return hybrid_attention(q, k, v, hybrid_mask, spans)
+        yield f"hybrid ({len(spans)} long docs)", run
     if kind == "single":
         for name, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
             def run(q, k, v, backend=backend):
@@ -104,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--budget-s", type=float, default=300)
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS)
+    p.add_argument("--settings", choices=("all", "default"), default="all",
+                   help="default: FlexAttention with inductor's defaults only (no kernel_options sweep)")
     ns = p.parse_args(argv)
     info = harness.device_info()
     dev = torch.device("cuda")
@@ -120,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             k = torch.randn(1, hkv, ns.seq_len, d, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
             v = torch.randn(1, hkv, ns.seq_len, d, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
             grad = torch.randn_like(q)
-            for name, fn in variants(docs, kind, hq != hkv):
+            for name, fn in variants(docs, kind, hq != hkv, ns.settings):
                 row = {"shape": shape, "heads": f"{hq}/{hkv}x{d}", "rows": kind, "variant": name}
                 if time.monotonic() - start > ns.budget_s:
                     rows.append({**row, "status": "skipped (time budget)"})

@@ -37,6 +37,7 @@ def setting_of(run_dir: Path) -> dict:
         "reshard_after_forward": cfg.get("parallel", {}).get("reshard_after_forward"),
         "reduce_dtype": cfg.get("precision", {}).get("reduce_dtype"),
         "master_dtype": cfg.get("precision", {}).get("master_dtype"),
+        "long_doc_min_tokens": model.get("long_doc_min_tokens"),
     }.items() if v is not None}
 
 
@@ -53,6 +54,8 @@ def describe(setting: dict) -> str:
         parts.append("no reshard after forward")
     if setting.get("reduce_dtype") == "bf16":
         parts.append("bf16 reduce-scatter")
+    if setting.get("long_doc_min_tokens", 0) > 0:
+        parts.append(f"hybrid attention for documents >= {setting['long_doc_min_tokens']} tokens")
     if setting.get("master_dtype") == "bf16":
         parts.append("bf16 weights + AdamW states")
     return ", ".join(parts)

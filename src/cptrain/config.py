@@ -25,7 +25,12 @@ class ModelConfig:
     tokenizer: str | None = None  # tokenizer source when it differs from model.path (random-init presets)
     init: Literal["pretrained", "random"] = "pretrained"
     overrides: dict = field(default_factory=dict)  # shape fields on top of the preset, e.g. n_layers
-    attention: Literal["auto", "sdpa", "flex", "reference"] = "auto"
+    # auto: plain causal SDPA (cuDNN first) for rows that are one document each; FlexAttention for packed
+    # rows on CUDA; with long_doc_min_tokens > 0, packed rows run `hybrid`: documents at least that long as
+    # their own causal SDPA calls, FlexAttention for the rest (ops/attention.py). On H100 hybrid paid off
+    # only for long rows: 1.15x at 64K-token rows, slower at 8K and 32K (benchmarks/kernels_attention.py)
+    attention: Literal["auto", "sdpa", "flex", "hybrid", "reference"] = "auto"
+    long_doc_min_tokens: int = 0  # 0: off (hybrid without it uses HYBRID_MIN_DOC_TOKENS)
     loss: Literal["naive", "fused_chunked"] = "fused_chunked"
     tiled_mlp: str = "off"  # off | auto | N tiles
     activation_checkpointing: Literal["none", "full"] = "none"
@@ -42,6 +47,8 @@ class ModelConfig:
         if self.init == "pretrained" and self.path is None:
             raise ConfigError(f"{prefix}.init = 'pretrained' needs {prefix}.path; "
                               f"use {prefix}.init = 'random' to train a preset from scratch")
+        require(self.long_doc_min_tokens >= 0, f"{prefix}.long_doc_min_tokens", self.long_doc_min_tokens,
+                ">= 0 (0: no hybrid attention under attention = 'auto')")
         ok = self.tiled_mlp in ("off", "auto") or (self.tiled_mlp.isdigit() and int(self.tiled_mlp) >= 1)
         require(ok, f"{prefix}.tiled_mlp", self.tiled_mlp, "'off', 'auto' or a tile count >= 1")
         if self.tokenizer is None and self.path is None:

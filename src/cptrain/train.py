@@ -18,6 +18,7 @@ from cptrain.config import Config
 from cptrain.configtools import ConfigError
 from cptrain.looptools import Lookahead, StepTimer, StopFlag
 from cptrain.models.decoder import IGNORE_INDEX
+from cptrain.ops.attention import HYBRID_MIN_DOC_TOKENS, long_document_spans
 from cptrain.optim import apply_freeze, build_optimizer
 from cptrain.schedule import build_scheduler, lr_multiplier
 
@@ -82,10 +83,12 @@ class Trainer:
         for i, b in enumerate(micro_batches):
             # rows that are each one document need only the causal mask: SDPA's fused kernel, no ids sent
             causal_only = self.cfg.model.attention == "auto" and single_document_rows(b)
+            # long documents of packed rows: their own causal SDPA calls (hybrid attention), found on the host
+            spans = self._long_spans(b) if not causal_only else None
             b = {k: v.to(dev, non_blocking=True) for k, v in b.items() if not (causal_only and k == "document_ids")}
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2; without it (one rank) nothing to sync
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            loss = model(b["input_ids"], b["position_ids"], b.get("document_ids"), b["labels"])
+            loss = model(b["input_ids"], b["position_ids"], b.get("document_ids"), b["labels"], long_spans=spans)
             (loss * scale).backward()
             loss_sum += loss.detach().double()
         if world > 1:
@@ -99,6 +102,14 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return PendingStep(loss_mean, grad_norm, finite, global_tokens, lr)
+
+    def _long_spans(self, batch: dict) -> list | None:
+        """The host batch's long documents for the hybrid attention path (None: that path is off)."""
+        cfg = self.cfg.model
+        on = cfg.attention == "hybrid" or (cfg.attention == "auto" and cfg.long_doc_min_tokens > 0)
+        if not on or "document_ids" not in batch:
+            return None
+        return long_document_spans(batch["document_ids"], cfg.long_doc_min_tokens or HYBRID_MIN_DOC_TOKENS)
 
     def _clip_gradients(self) -> torch.Tensor:
         """The global gradient norm; gradients are clipped to `train.max_grad_norm` (0: no clipping).

@@ -122,6 +122,26 @@ def test_bf16_master_weights():
             assert abs(a - b) <= 2e-2 * abs(b), results
 
 
+def losses_with(attention: str, sd: dict) -> tuple[list[float], int]:
+    trainer = _trainer("auto", "fp32", "off", sd, (f"model.attention={attention}", "model.long_doc_min_tokens=8"))
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(len(kwargs["long_spans"] or [])),
+                                            with_kwargs=True)
+    losses = [trainer.train_step([stack(rows)])["loss"] for rows in global_batches()]
+    return losses, sum(seen)
+
+
+def test_trainer_hands_long_documents_to_hybrid_attention():
+    """attention=hybrid (what auto runs for packed rows on CUDA): the trainer finds each batch's long
+    documents on the host and the model runs them apart; the losses equal the reference attention's."""
+    sd = full_state_dict()
+    hybrid, spans = run_ranks(1, losses_with, "hybrid", sd)[0]
+    reference, _ = run_ranks(1, losses_with, "reference", sd)[0]
+    assert spans > 0
+    for a, b in zip(hybrid, reference, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(b), (hybrid, reference)
+
+
 def skip_nan(fsdp: str, fused: str, sd: dict) -> tuple[list[dict], bool, int, float]:
     """Step, then a step whose loss is NaN, then another step: the NaN step changes nothing."""
     trainer = _trainer(fsdp, "fp32", fused, sd)

@@ -13,7 +13,7 @@ from torch import nn
 
 from cptrain.models.presets import ModelArgs
 from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
-from cptrain.ops.attention import attention, flex_block_mask
+from cptrain.ops.attention import attention, flex_block_mask, hybrid_attention
 
 IGNORE_INDEX = -100
 
@@ -52,6 +52,14 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
         self.k_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
         self.backend = "auto"
+        # set by Decoder.hidden_states for each batch: the long documents the hybrid path computes apart
+        self.long_spans: list[tuple[int, int, int]] = []
+        self.hybrid = False
+
+    @torch.compiler.disable
+    def _hybrid_attention(self, q, k, v, block_mask):
+        # a graph break: the spans are read here, at run time, so they never become compile guards
+        return hybrid_attention(q, k, v, block_mask, self.long_spans)
 
     def forward(self, x, cos, sin, document_ids=None, block_mask=None):
         b, s, _ = x.shape
@@ -63,7 +71,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attention(q, k, v, document_ids, backend=self.backend, block_mask=block_mask)
+        if self.hybrid and block_mask is not None:
+            out = self._hybrid_attention(q, k, v, block_mask)
+        else:
+            out = attention(q, k, v, document_ids, backend=self.backend, block_mask=block_mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -145,7 +156,7 @@ class Decoder(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def hidden_states(self, input_ids, position_ids=None, document_ids=None):
+    def hidden_states(self, input_ids, position_ids=None, document_ids=None, long_spans=None):
         b, s = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
@@ -154,19 +165,28 @@ class Decoder(nn.Module):
             x = x.to(self.compute_dtype)
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_attn_factor, x.dtype)
         block_mask = None
+        spans = long_spans if document_ids is not None and long_spans and self._uses_hybrid(x) else []
         if document_ids is not None and self._uses_flex(x):
-            block_mask = flex_block_mask(document_ids)
+            block_mask = flex_block_mask(document_ids, spans)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.long_spans, module.hybrid = spans, bool(spans)
         for block in self.layers.values():
             x = block(x, cos, sin, document_ids, block_mask)
         return self.norm(x)
 
     def _uses_flex(self, x: torch.Tensor) -> bool:
-        return self.attention_backend == "flex" or (self.attention_backend == "auto" and x.is_cuda)
+        return self.attention_backend in ("flex", "hybrid") or (self.attention_backend == "auto" and x.is_cuda)
 
-    def forward(self, input_ids, position_ids=None, document_ids=None, labels=None):
+    def _uses_hybrid(self, x: torch.Tensor) -> bool:
+        return self.attention_backend == "hybrid" or (self.attention_backend == "auto" and x.is_cuda)
+
+    def forward(self, input_ids, position_ids=None, document_ids=None, labels=None, long_spans=None):
         """Logits [B, S, V] without labels; with labels (already shifted: labels[t] follows token t),
-        the summed cross-entropy over tokens whose label is not IGNORE_INDEX (fp32 scalar)."""
-        h = self.hidden_states(input_ids, position_ids, document_ids)
+        the summed cross-entropy over tokens whose label is not IGNORE_INDEX (fp32 scalar).
+        `long_spans`: (row, start, end) of the rows' long documents (ops.attention.long_document_spans), which
+        the hybrid attention path (backend auto on CUDA, or hybrid) runs as separate causal SDPA calls."""
+        h = self.hidden_states(input_ids, position_ids, document_ids, long_spans)
         if labels is None:
             return self.lm_head(h)
         if self.loss_impl == "fused_chunked":
