@@ -23,14 +23,21 @@ def _worker(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:
     import torch
 
     torch.set_num_threads(1)
+    failed = True
     try:
         result = fn(*args)
+        failed = False
     except BaseException:
         result = RuntimeError(traceback.format_exc())
     finally:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if not failed and world > 1:
+                # every rank done talking before any closes its sockets: a rank tearing down while a peer's
+                # gloo threads still read made that peer abort ("terminate called without an active
+                # exception") once in CI
+                dist.barrier()
             dist.destroy_process_group()
     with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
         pickle.dump(result, f)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ import torch.nn.functional as F
 
 from cptrain.ops.chunked_ce import linear_cross_entropy
 from tests.dist_utils import run_ranks
+from tests.ops.interpreted import assert_interpreted_ok
 
 IGNORE = -100
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -184,9 +182,4 @@ print("ok")
 
 
 def test_triton_kernels_match_torch_path_in_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
-    run = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    assert_interpreted_ok(_INTERPRETED)

@@ -3,15 +3,12 @@ against the PyTorch path."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cptrain.ops.swiglu import swiglu_backward_, swiglu_forward_
+from tests.ops.interpreted import assert_interpreted_ok
 
 
 def autograd_reference(g: torch.Tensor, u: torch.Tensor, grad_h: torch.Tensor):
@@ -77,12 +74,7 @@ print("ok")
 
 
 def test_triton_kernels_match_torch_path_in_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
-    run = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    assert_interpreted_ok(_INTERPRETED)
 
 
 @pytest.mark.gpu
