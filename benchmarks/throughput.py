@@ -94,8 +94,8 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
         return v
 
     other_ac = "full" if recipe_ac == "none" else "none"
+    bf16w = ("precision.master_dtype=bf16",)  # HF+Liger's best setting: bf16 weights and AdamW states
     if q == 1:
-        bf16w = ("precision.master_dtype=bf16",)  # HF+Liger's best setting: bf16 weights and AdamW states
         order = [cpt(None), cpt(None, bf16w, "-bf16w"), hf(True, False), titan("none", True), hf(False, False),
                  cpt(other_ac),
                  hf(True, True), hf(False, True), titan("selective", False), titan("selective", True)]
@@ -103,7 +103,6 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
         # 8B on H200 (141 GB): states and activations without recomputation fit, so each peer's likely best
         # is its no-recompute setting; the reference settings (GC / selective AC) follow as time allows
         keep_rs = ("parallel.reshard_after_forward=false", "precision.reduce_dtype=bf16")
-        bf16w = ("precision.master_dtype=bf16",)  # HF+Liger's setting: bf16 weights and AdamW states
         order = [cpt(None, keep_rs + bf16w, "-keep-bf16rs-bf16w"), cpt(None, keep_rs, "-keep-bf16rs"),
                  hf(True, False), titan("none", True), cpt(None), titan("selective", True), hf(True, True),
                  cpt(other_ac), titan("selective", False), hf(False, True)]

@@ -7,6 +7,7 @@ import torch
 import cptrain.ops.attention as attn_ops
 from cptrain.models.decoder import Block, Decoder
 from cptrain.models.presets import get_preset
+from cptrain.models.rope import rope_cos_sin
 from cptrain.ops.attention import flex_block_mask, hybrid_attention, long_document_spans, reference_attention
 
 
@@ -82,8 +83,7 @@ def test_compiled_block_does_not_recompile_for_new_spans():
     compiled = torch.compile(block, backend="aot_eager")
     model = Decoder(args)  # only for its RoPE helper inputs
     s = 128
-    cos, sin = __import__("cptrain.models.rope", fromlist=["rope_cos_sin"]).rope_cos_sin(
-        model.inv_freq, torch.arange(s)[None], model.rope_attn_factor, torch.float32)
+    cos, sin = rope_cos_sin(model.inv_freq, torch.arange(s)[None], model.rope_attn_factor, torch.float32)
     x = torch.randn(1, s, args.dim)
 
     def step(lengths):

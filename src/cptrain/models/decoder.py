@@ -127,6 +127,7 @@ class Decoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.loss_impl = "naive"  # naive | fused_chunked
         self.attention_backend = "auto"
+        self._hybrid_set = False  # some Attention holds long-document spans from the last forward
         # activations' dtype; None: the embedding's. Set from outside when parameters stay fp32 (parallelize)
         self.compute_dtype: torch.dtype | None = None
 
@@ -168,9 +169,11 @@ class Decoder(nn.Module):
         spans = long_spans if document_ids is not None and long_spans and self._uses_hybrid(x) else []
         if document_ids is not None and self._uses_flex(x):
             block_mask = flex_block_mask(document_ids, spans)
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.long_spans, module.hybrid = spans, bool(spans)
+        if spans or self._hybrid_set:  # no walk over the modules per step while the hybrid path is unused
+            for module in self.modules():
+                if isinstance(module, Attention):
+                    module.long_spans, module.hybrid = spans, bool(spans)
+            self._hybrid_set = bool(spans)
         for block in self.layers.values():
             x = block(x, cos, sin, document_ids, block_mask)
         return self.norm(x)

@@ -125,13 +125,14 @@ def long_document_spans(document_ids: torch.Tensor, min_tokens: int = HYBRID_MIN
                         ) -> list[tuple[int, int, int]]:
     """(row, start, end) of each run of one document id (>= 0) at least `min_tokens` long, in row order.
     Reads a host tensor: the trainer calls it on the batch before the device copy."""
-    ids = document_ids.cpu()
     spans = []
-    for row in range(ids.shape[0]):
-        r = ids[row]
-        starts = torch.cat([torch.tensor([0]), (r[1:] != r[:-1]).nonzero().flatten() + 1]).tolist()
-        ends = starts[1:] + [r.shape[0]]
-        spans += [(row, a, b) for a, b in zip(starts, ends, strict=True) if b - a >= min_tokens and r[a] >= 0]
+    for row, ids in enumerate(document_ids.cpu()):
+        docs, counts = torch.unique_consecutive(ids, return_counts=True)
+        start = 0
+        for doc, n in zip(docs.tolist(), counts.tolist(), strict=True):
+            if n >= min_tokens and doc >= 0:
+                spans.append((row, start, start + n))
+            start += n
     return spans
 
 
