@@ -31,7 +31,8 @@ GIB = 1024**3
 _PROBE = r"""
 import json, platform, importlib.metadata as md
 info = {"python": platform.python_version()}
-for name in ("torch", "triton", "transformers", "liger-kernel", "torchtitan", "datasets"):
+for name in ("torch", "triton", "transformers", "liger-kernel", "torchtitan", "datasets", "flash-attn-4",
+             "nvidia-cutlass-dsl"):
     try:
         info[name] = md.version(name)
     except md.PackageNotFoundError:
@@ -148,7 +149,8 @@ def write_results(question: str, title: str, table_md: str, rows: list[dict], in
     stem = f"{datetime.date.today().isoformat()}-{device_slug(info)}-{question}"
     md_path, json_path = results_dir / f"{stem}.md", results_dir / f"{stem}.json"
     versions = ", ".join(f"{k} {info.get(k)}" for k in ("torch", "triton", "transformers", "liger-kernel",
-                                                        "torchtitan", "python") if info.get(k))
+                                                        "torchtitan", "flash-attn-4", "nvidia-cutlass-dsl",
+                                                        "python") if info.get(k))
     device = f"{info.get('gpus', 0)} x {info.get('device_name')}"
     if info.get("gpu_mem_gib"):
         device += f" ({info['gpu_mem_gib']} GiB)"

@@ -91,7 +91,7 @@ def variants(docs: torch.Tensor, kind: str, gqa: bool, settings: str = "all"):
             continue
         def run(q, k, v, opts=opts):
             return compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa, kernel_options=opts)
-        yield name, run
+        yield name, run, "bhsd"
     if kind == "packed":  # cptrain's hybrid path: long documents through cuDNN SDPA, FlexAttention the rest
         from cptrain.ops.attention import (
             flex_block_mask,
@@ -106,13 +106,34 @@ def variants(docs: torch.Tensor, kind: str, gqa: bool, settings: str = "all"):
 
         def run(q, k, v):
             return hybrid_attention(q, k, v, hybrid_mask, spans)
-        yield f"hybrid ({len(spans)} long docs)", run
+        yield f"hybrid ({len(spans)} long docs)", run, "bhsd"
     if kind == "single":
         for name, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
             def run(q, k, v, backend=backend):
                 with sdpa_kernel([backend]):
                     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-            yield name, run
+            yield name, run, "bhsd"
+    yield from varlen_variants(docs)
+
+
+def varlen_variants(docs: torch.Tensor):
+    """Documents as variable-length sequences, tokens-major layout [S, H, D]: cptrain's op (FlashAttention 4
+    where installed) with and without the longest document's length, and PyTorch's own varlen_attn."""
+    from cptrain.ops.varlen import cu_seqlens_from_documents, flash_available, varlen_attention
+
+    cu_host = cu_seqlens_from_documents(docs.cpu())
+    cu = cu_host.to(docs.device)
+    longest = int((cu_host[1:] - cu_host[:-1]).max())
+    if flash_available(docs.device):
+        yield "varlen fa4", (lambda q, k, v: varlen_attention(q, k, v, cu)), "thd"
+        yield "varlen fa4 (max len given)", (lambda q, k, v: varlen_attention(q, k, v, cu, longest)), "thd"
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return
+    # causal through the window (-1, 0): torch 2.11's signature has no is_causal; GQA is native to the kernel
+    yield "varlen torch (flash 2)", (lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest,
+                                                                      window_size=(-1, 0))), "thd"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,13 +161,17 @@ def main(argv: list[str] | None = None) -> int:
             k = torch.randn(1, hkv, ns.seq_len, d, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
             v = torch.randn(1, hkv, ns.seq_len, d, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
             grad = torch.randn_like(q)
-            for name, fn in variants(docs, kind, hq != hkv, ns.settings):
+            # the same values in the varlen kernels' tokens-major layout [S, H, D]
+            thd = [t.detach()[0].transpose(0, 1).contiguous().requires_grad_() for t in (q, k, v)]
+            thd_grad = grad[0].transpose(0, 1).contiguous()
+            for name, fn, layout in variants(docs, kind, hq != hkv, ns.settings):
                 row = {"shape": shape, "heads": f"{hq}/{hkv}x{d}", "rows": kind, "variant": name}
                 if time.monotonic() - start > ns.budget_s:
                     rows.append({**row, "status": "skipped (time budget)"})
                     continue
                 try:
-                    fwd_ms, both_ms = time_fn(fn, q, k, v, grad, ns.warmup, ns.repeats)
+                    args = (q, k, v, grad) if layout == "bhsd" else (*thd, thd_grad)
+                    fwd_ms, both_ms = time_fn(fn, *args, ns.warmup, ns.repeats)
                     row.update(status="ok", fwd_ms=fwd_ms, bwd_ms=both_ms - fwd_ms,
                                fwd_tflops=flops / fwd_ms / 1e9, bwd_tflops=2.5 * flops / (both_ms - fwd_ms) / 1e9)
                 except Exception as e:  # a setting the compiler rejects (shared memory, shape) is reported

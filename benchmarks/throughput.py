@@ -95,9 +95,17 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
 
     other_ac = "full" if recipe_ac == "none" else "none"
     bf16w = ("precision.master_dtype=bf16",)  # HF+Liger's best setting: bf16 weights and AdamW states
+    def without_flash4(v: Variant) -> Variant:  # the attention cptrain ran before flash-attn-4 (same command)
+        old = v.name
+        v.name, v.setting = v.name + "-noflash4", v.setting + ", CPTRAIN_FLASH4=0"
+        if v.cmd:
+            v.cmd = ["env", "CPTRAIN_FLASH4=0", *(a.replace(f"/{old}", f"/{v.name}") if a.startswith("train.run_dir=")
+                                                 else a for a in v.cmd)]
+        return v
+
     if q == 1:
-        order = [cpt(None), cpt(None, bf16w, "-bf16w"), hf(True, False), titan("none", True), hf(False, False),
-                 cpt(other_ac),
+        order = [cpt(None, bf16w, "-bf16w"), hf(True, False), titan("none", True),
+                 without_flash4(cpt(None, bf16w, "-bf16w")), cpt(None), hf(False, False), cpt(other_ac),
                  hf(True, True), hf(False, True), titan("selective", False), titan("selective", True)]
     else:
         # 8B on H200 (141 GB): states and activations without recomputation fit, so each peer's likely best

@@ -29,6 +29,8 @@ def setting_of(run_dir: Path) -> dict:
         return {}
     cfg = tomllib.loads(path.read_text())
     model, train = cfg.get("model", {}), cfg.get("train", {})
+    summary = run_dir / "report" / "summary.json"
+    resolved_attention = json.loads(summary.read_text()).get("attention") if summary.exists() else None
     return {k: v for k, v in {
         "activation_checkpointing": model.get("activation_checkpointing"), "compile": model.get("compile"),
         "attention": model.get("attention"), "loss": model.get("loss"), "tiled_mlp": model.get("tiled_mlp"),
@@ -38,6 +40,7 @@ def setting_of(run_dir: Path) -> dict:
         "reduce_dtype": cfg.get("precision", {}).get("reduce_dtype"),
         "master_dtype": cfg.get("precision", {}).get("master_dtype"),
         "long_doc_min_tokens": model.get("long_doc_min_tokens"),
+        "attention_path": resolved_attention,
     }.items() if v is not None}
 
 
@@ -58,6 +61,8 @@ def describe(setting: dict) -> str:
         parts.append(f"hybrid attention for documents >= {setting['long_doc_min_tokens']} tokens")
     if setting.get("master_dtype") == "bf16":
         parts.append("bf16 weights + AdamW states")
+    if setting.get("attention_path", "").startswith("varlen (FlashAttention 4)"):
+        parts.append("FlashAttention 4 varlen")
     return ", ".join(parts)
 
 

@@ -25,11 +25,14 @@ class ModelConfig:
     tokenizer: str | None = None  # tokenizer source when it differs from model.path (random-init presets)
     init: Literal["pretrained", "random"] = "pretrained"
     overrides: dict = field(default_factory=dict)  # shape fields on top of the preset, e.g. n_layers
-    # auto: plain causal SDPA (cuDNN first) for rows that are one document each; FlexAttention for packed
-    # rows on CUDA; with long_doc_min_tokens > 0, packed rows run `hybrid`: documents at least that long as
-    # their own causal SDPA calls, FlexAttention for the rest (ops/attention.py). On H100 hybrid paid off
-    # only for long rows: 1.15x at 64K-token rows, slower at 8K and 32K (benchmarks/kernels_attention.py)
-    attention: Literal["auto", "sdpa", "flex", "hybrid", "reference"] = "auto"
+    # auto: on a Hopper/Blackwell GPU with flash-attn-4 installed, `varlen` for every row: each document as
+    # its own causal sequence in FlashAttention 4 (ops/varlen.py; faster than FlexAttention on packed rows
+    # and than cuDNN on single-document rows, benchmarks/kernels_attention.py). Otherwise plain causal SDPA
+    # (cuDNN first) for rows that are one document each and FlexAttention for packed rows on CUDA; with
+    # long_doc_min_tokens > 0, packed rows run `hybrid`: documents at least that long as their own causal
+    # SDPA calls, FlexAttention for the rest (ops/attention.py; on H100 it paid off only for 64K-token rows).
+    # `varlen` without FlashAttention 4 (CPU) runs the op's exact per-document reference: for tests.
+    attention: Literal["auto", "sdpa", "flex", "hybrid", "varlen", "reference"] = "auto"
     long_doc_min_tokens: int = 0  # 0: off (hybrid without it uses HYBRID_MIN_DOC_TOKENS)
     loss: Literal["naive", "fused_chunked"] = "fused_chunked"
     tiled_mlp: str = "off"  # off | auto | N tiles

@@ -17,8 +17,9 @@ from cptrain import checkpoint
 from cptrain.config import Config
 from cptrain.configtools import ConfigError
 from cptrain.looptools import Lookahead, StepTimer, StopFlag
-from cptrain.models.decoder import IGNORE_INDEX
+from cptrain.models.decoder import IGNORE_INDEX, varlen_max_bucket
 from cptrain.ops.attention import HYBRID_MIN_DOC_TOKENS, long_document_spans
+from cptrain.ops.varlen import cu_seqlens_from_documents
 from cptrain.optim import apply_freeze, build_optimizer
 from cptrain.schedule import build_scheduler, lr_multiplier
 
@@ -80,15 +81,25 @@ class Trainer:
             global_tokens = float(max(local_tokens, 1))
             scale = 1.0 / global_tokens
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        varlen = model_uses_varlen(model, dev)
         for i, b in enumerate(micro_batches):
-            # rows that are each one document need only the causal mask: SDPA's fused kernel, no ids sent
-            causal_only = self.cfg.model.attention == "auto" and single_document_rows(b)
-            # long documents of packed rows: their own causal SDPA calls (hybrid attention), found on the host
-            spans = self._long_spans(b) if not causal_only else None
+            extra = {}
+            if varlen:  # documents as sequences: their offsets from the host batch, no mask, no device sync
+                cu = cu_seqlens_from_documents(b["document_ids"]) if "document_ids" in b else None
+                if cu is not None:
+                    extra = {"cu_seqlens": cu.pin_memory() if dev.type == "cuda" else cu,
+                             "max_seqlen": varlen_max_bucket(cu)}
+                b = {k: v for k, v in b.items() if k != "document_ids"}
+                causal_only = False
+            else:
+                # rows that are each one document need only the causal mask: SDPA's fused kernel, no ids sent
+                causal_only = self.cfg.model.attention == "auto" and single_document_rows(b)
+                # long documents of packed rows: their own causal SDPA calls (hybrid attention), found on the host
+                extra = {"long_spans": self._long_spans(b) if not causal_only else None}
             b = {k: v.to(dev, non_blocking=True) for k, v in b.items() if not (causal_only and k == "document_ids")}
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2; without it (one rank) nothing to sync
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            loss = model(b["input_ids"], b["position_ids"], b.get("document_ids"), b["labels"], long_spans=spans)
+            loss = model(b["input_ids"], b["position_ids"], b.get("document_ids"), b["labels"], **extra)
             (loss * scale).backward()
             loss_sum += loss.detach().double()
         if world > 1:
@@ -149,6 +160,12 @@ class Trainer:
         self.tokens_seen += tokens
         return {"loss": loss, "grad_norm": float(pending.grad_norm), "lr": pending.lr, "tokens": tokens,
                 "skipped": not finite}
+
+
+def model_uses_varlen(model, device: torch.device) -> bool:
+    """The (possibly FSDP-wrapped) decoder runs its attention on document offsets (ops/varlen.py)."""
+    decoder = getattr(model, "module", model)
+    return hasattr(decoder, "uses_varlen") and decoder.uses_varlen(device)
 
 
 def single_document_rows(batch: dict) -> bool:
@@ -224,7 +241,9 @@ def _run(cfg: Config, env) -> dict:
         log.log(trainer.step, {f"eval/{k}": v for k, v in result.items()})
         return result
 
-    summary = {"before": evaluate(f"step-{trainer.step}-before")}
+    attention_path = getattr(model, "attention_path", lambda d: "?")(env.device)
+    log.info(f"attention: {attention_path}")
+    summary = {"attention": attention_path, "before": evaluate(f"step-{trainer.step}-before")}
     stop = StopFlag()
     feed = Lookahead(loader, accum)
     timer = StepTimer(env.device)

@@ -99,3 +99,28 @@ def test_hybrid_matches_reference_fwd_bwd(lengths):
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         rel = (g.float() - w).norm() / w.norm()
         assert rel < 1e-2, (name, rel.item())
+
+
+def test_auto_runs_flash4_varlen_in_compiled_decoder():
+    """With flash-attn-4 installed, attention=auto runs every row through the varlen op (no block mask):
+    compiled bf16 blocks give the fp32 reference decoder's loss, packed and single-document rows alike."""
+    from cptrain.ops.varlen import flash_available
+
+    if not flash_available():
+        pytest.skip("flash-attn-4 is not installed or this GPU is not Hopper/Blackwell")
+    torch.manual_seed(0)
+    ref_model = Decoder(get_preset("debug")).cuda()
+    ref_model.init_weights()
+    ref_model.set_attention_backend("reference")
+    model = Decoder(get_preset("debug")).cuda().to(torch.bfloat16)
+    model.load_state_dict(ref_model.state_dict())
+    assert model.uses_varlen(torch.device("cuda"))
+    for key in list(model.layers):
+        model.layers[key] = torch.compile(model.layers[key], fullgraph=True)
+    ids = torch.randint(0, 512, (2, 512), device="cuda")
+    for docs in (packed_doc_ids(2, 512), torch.zeros(2, 512, dtype=torch.int32, device="cuda")):
+        ref = ref_model(ids, document_ids=docs, labels=ids.roll(-1, 1))
+        out = model(ids, document_ids=docs, labels=ids.roll(-1, 1))
+        assert abs(out.item() - ref.item()) / ref.item() < 2e-2, (out.item(), ref.item())
+        out.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

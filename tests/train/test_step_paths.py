@@ -142,6 +142,30 @@ def test_trainer_hands_long_documents_to_hybrid_attention():
         assert abs(a - b) <= 1e-5 * abs(b), (hybrid, reference)
 
 
+def varlen_losses(attention: str, sd: dict) -> tuple[list[float], list[list[int]]]:
+    trainer = _trainer("auto", "fp32", "off", sd, (f"model.attention={attention}",))
+    seen = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["cu_seqlens"].tolist() if "cu_seqlens" in kwargs else None),
+        with_kwargs=True)
+    losses = [trainer.train_step([stack(rows)])["loss"] for rows in global_batches()]
+    return losses, seen
+
+
+def test_trainer_hands_document_offsets_to_varlen_attention():
+    """attention=varlen (what auto runs on a GPU with FlashAttention 4): the trainer turns each host batch's
+    document ids into sequence offsets, sends no ids, and the losses equal the reference attention's."""
+    sd = full_state_dict()
+    varlen, offsets = run_ranks(1, varlen_losses, "varlen", sd)[0]
+    reference, none = run_ranks(1, varlen_losses, "reference", sd)[0]
+    batches = [stack(rows) for rows in global_batches()]
+    from cptrain.ops.varlen import cu_seqlens_from_documents
+    assert offsets == [cu_seqlens_from_documents(b["document_ids"]).tolist() for b in batches]
+    assert any(len(o) > 5 for o in offsets) and none == [None] * len(batches)  # packed rows: > 1 doc per row
+    for a, b in zip(varlen, reference, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(b), (varlen, reference)
+
+
 def skip_nan(fsdp: str, fused: str, sd: dict) -> tuple[list[dict], bool, int, float]:
     """Step, then a step whose loss is NaN, then another step: the NaN step changes nothing."""
     trainer = _trainer(fsdp, "fp32", fused, sd)

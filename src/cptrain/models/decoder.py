@@ -14,8 +14,16 @@ from torch import nn
 from cptrain.models.presets import ModelArgs
 from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
 from cptrain.ops.attention import attention, flex_block_mask, hybrid_attention
+from cptrain.ops.varlen import cu_seqlens_from_documents, flash_available, varlen_attention
 
 IGNORE_INDEX = -100
+
+
+def varlen_max_bucket(cu_seqlens: torch.Tensor) -> int:
+    """The longest sequence of host offsets, rounded up to a power of two (at least 128): an upper bound is
+    all the kernel needs, and few distinct values keep compiled graphs from specializing on each one."""
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 1
+    return max(128, 1 << (longest - 1).bit_length())
 
 
 class Linear(nn.Linear):
@@ -61,7 +69,7 @@ class Attention(nn.Module):
         # a graph break: the spans are read here, at run time, so they never become compile guards
         return hybrid_attention(q, k, v, block_mask, self.long_spans)
 
-    def forward(self, x, cos, sin, document_ids=None, block_mask=None):
+    def forward(self, x, cos, sin, document_ids=None, block_mask=None, varlen=None):
         b, s, _ = x.shape
         # -1 instead of the head count keeps this correct when TP shards the projections
         q = self.q_proj(x).view(b, s, -1, self.head_dim)
@@ -69,6 +77,12 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, s, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if varlen is not None:  # documents as sequences of the flat tokens: [B*S, H, D], no transposes
+            cu_seqlens, max_seqlen = varlen
+            q, k = apply_rope(q, cos, sin, seq_dim=1), apply_rope(k, cos, sin, seq_dim=1)
+            out = varlen_attention(q.reshape(b * s, -1, self.head_dim), k.reshape(b * s, -1, self.head_dim),
+                                   v.reshape(b * s, -1, self.head_dim), cu_seqlens, max_seqlen)
+            return self.o_proj(out.view(b, s, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.hybrid and block_mask is not None:
@@ -105,8 +119,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, cos, sin, document_ids=None, block_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, document_ids, block_mask)
+    def forward(self, x, cos, sin, document_ids=None, block_mask=None, varlen=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, document_ids, block_mask, varlen)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -157,7 +171,8 @@ class Decoder(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def hidden_states(self, input_ids, position_ids=None, document_ids=None, long_spans=None):
+    def hidden_states(self, input_ids, position_ids=None, document_ids=None, long_spans=None, cu_seqlens=None,
+                      max_seqlen=0):
         b, s = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
@@ -165,6 +180,11 @@ class Decoder(nn.Module):
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_attn_factor, x.dtype)
+        if self.uses_varlen(x.device):
+            varlen = self._varlen_args(b, s, document_ids, cu_seqlens, max_seqlen, x.device)
+            for block in self.layers.values():
+                x = block(x, cos, sin, varlen=varlen)
+            return self.norm(x)
         block_mask = None
         spans = long_spans if document_ids is not None and long_spans and self._uses_hybrid(x) else []
         if document_ids is not None and self._uses_flex(x):
@@ -178,18 +198,51 @@ class Decoder(nn.Module):
             x = block(x, cos, sin, document_ids, block_mask)
         return self.norm(x)
 
+    def uses_varlen(self, device: torch.device) -> bool:
+        """Attention runs on documents as variable-length sequences (ops/varlen.py): backend `varlen`, or
+        `auto` on a GPU where FlashAttention 4 is installed (faster than FlexAttention on packed rows and
+        than cuDNN on single-document rows, benchmarks/kernels_attention.py)."""
+        if self.attention_backend == "varlen":
+            return True
+        return self.attention_backend == "auto" and device.type == "cuda" and flash_available(device)
+
+    def attention_path(self, device: torch.device) -> str:
+        """What attention runs on `device`, in words, for logs and benchmark tables."""
+        if self.uses_varlen(device):
+            kernel = "FlashAttention 4" if device.type == "cuda" and flash_available(device) else "reference math"
+            return f"varlen ({kernel}): each document its own causal sequence"
+        if self.attention_backend == "auto" and device.type == "cuda":
+            return "auto: causal SDPA (cuDNN) for single-document rows, FlexAttention for packed rows"
+        return self.attention_backend
+
+    @staticmethod
+    def _varlen_args(b, s, document_ids, cu_seqlens, max_seqlen, device):
+        if cu_seqlens is None:  # callers without host offsets (evaluation, tests): found here, one host sync
+            if document_ids is None:
+                cu_seqlens = torch.arange(0, (b + 1) * s, s, dtype=torch.int32)
+            else:
+                cu_seqlens = cu_seqlens_from_documents(document_ids)
+            max_seqlen = varlen_max_bucket(cu_seqlens)
+        cu_seqlens = cu_seqlens.to(device, non_blocking=True)
+        # the count of documents changes every batch: one symbolic size instead of a recompile per count
+        torch._dynamo.maybe_mark_dynamic(cu_seqlens, 0)
+        return cu_seqlens, max_seqlen
+
     def _uses_flex(self, x: torch.Tensor) -> bool:
         return self.attention_backend in ("flex", "hybrid") or (self.attention_backend == "auto" and x.is_cuda)
 
     def _uses_hybrid(self, x: torch.Tensor) -> bool:
         return self.attention_backend == "hybrid" or (self.attention_backend == "auto" and x.is_cuda)
 
-    def forward(self, input_ids, position_ids=None, document_ids=None, labels=None, long_spans=None):
+    def forward(self, input_ids, position_ids=None, document_ids=None, labels=None, long_spans=None,
+                cu_seqlens=None, max_seqlen=0):
         """Logits [B, S, V] without labels; with labels (already shifted: labels[t] follows token t),
         the summed cross-entropy over tokens whose label is not IGNORE_INDEX (fp32 scalar).
         `long_spans`: (row, start, end) of the rows' long documents (ops.attention.long_document_spans), which
-        the hybrid attention path (backend auto on CUDA, or hybrid) runs as separate causal SDPA calls."""
-        h = self.hidden_states(input_ids, position_ids, document_ids, long_spans)
+        the hybrid attention path (backend auto on CUDA, or hybrid) runs as separate causal SDPA calls.
+        `cu_seqlens` / `max_seqlen`: the rows' document offsets (ops.varlen.cu_seqlens_from_documents, host) and
+        `varlen_max_bucket` of them, for the varlen path; found from `document_ids` when not given."""
+        h = self.hidden_states(input_ids, position_ids, document_ids, long_spans, cu_seqlens, max_seqlen)
         if labels is None:
             return self.lm_head(h)
         if self.loss_impl == "fused_chunked":

@@ -78,9 +78,10 @@ def rope_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, attn_factor
     return (emb.cos() * attn_factor).to(dtype), (emb.sin() * attn_factor).to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, S, D]; cos/sin: [B, S, D]. Half-split rotation, as HF Llama does."""
-    cos, sin = cos[:, None], sin[:, None]
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq_dim: int = 2) -> torch.Tensor:
+    """x: [B, H, S, D] (seq_dim 2) or [B, S, H, D] (seq_dim 1); cos/sin: [B, S, D]. Half-split rotation, as
+    HF Llama does."""
+    cos, sin = (cos[:, None], sin[:, None]) if seq_dim == 2 else (cos[:, :, None], sin[:, :, None])
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

@@ -23,7 +23,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "sdpa", "flex", "hybrid", "reference")
+BACKENDS = ("auto", "sdpa", "flex", "hybrid", "varlen", "reference")  # varlen: ops/varlen.py, run by the decoder
 HYBRID_MIN_DOC_TOKENS = 2048
 HYBRID_ALIGN = 512
 _EXCLUDED_DOC = -2  # document id given to the tokens of long documents in the hybrid path's FlexAttention mask
