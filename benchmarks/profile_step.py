@@ -6,8 +6,9 @@ Builds the run the way `cptrain run` does (model, trainer, loader), trains `--wa
 profiles `--steps` steps with torch.profiler and writes DIR/profile-summary.json and a text table:
 wall time per step, device-busy time (union of kernel and copy intervals), the largest idle gaps with
 the host-side phase that was running, device time by kernel family, and the top kernels. The loop is
-the trainer's own (one sync per step, next batch fetched while the device works) when the trainer has
-`launch_step`; otherwise the older one (fetch, step, synchronize), so the same script profiles both.
+the trainer's own (next batch fetched while the device works; each step read back after the next is
+launched) when the trainer has `launch_step`; otherwise the older one (fetch, step, synchronize), so the
+same script profiles both.
 """
 
 from __future__ import annotations
@@ -80,18 +81,27 @@ def make_loop(trainer, loader, accum: int, device: torch.device):
         from cptrain.looptools import Lookahead
 
         feed = Lookahead(loader, accum)
+        inflight = []
+        overlap = "stop_requested" in inspect.signature(trainer.launch_step).parameters
 
         def step() -> None:
             with rf("cpt:take"):
                 micro = feed.take()
             with rf("cpt:launch_step"):
-                pending = trainer.launch_step(micro)
+                inflight.append(trainer.launch_step(micro))
             with rf("cpt:fetch_next"):
                 feed.fetch()
-            with rf("cpt:finish_step"):
-                trainer.finish_step(pending)
-                sync(device)
-        return step
+            # the run loop reads a step back after launching the next (one step in flight); older trainers
+            # waited for each step before the next
+            while len(inflight) > (1 if overlap else 0):
+                with rf("cpt:finish_step"):
+                    trainer.finish_step(inflight.pop(0))
+
+        def flush() -> None:
+            while inflight:
+                trainer.finish_step(inflight.pop(0))
+            sync(device)
+        return step, flush
 
     def old_step() -> None:
         with rf("cpt:fetch"):
@@ -100,7 +110,7 @@ def make_loop(trainer, loader, accum: int, device: torch.device):
             trainer.train_step(micro)
         with rf("cpt:synchronize"):
             sync(device)
-    return old_step
+    return old_step, lambda: sync(device)
 
 
 def union_ns(intervals: list[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
@@ -201,10 +211,10 @@ def main() -> int:
     ns = p.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
     cfg, env, args, trainer, loader, accum = build(ns.recipe, ns.overrides)
-    step = make_loop(trainer, loader, accum, env.device)
+    step, flush = make_loop(trainer, loader, accum, env.device)
     for _ in range(ns.warmup):
         step()
-    sync(env.device)
+    flush()
     acts = [torch.profiler.ProfilerActivity.CPU]
     if env.device.type == "cuda":
         acts.append(torch.profiler.ProfilerActivity.CUDA)
@@ -212,6 +222,7 @@ def main() -> int:
         t0 = time.perf_counter()
         for _ in range(ns.steps):
             step()
+        flush()
         wall = time.perf_counter() - t0
     summary = summarize(prof, ns.steps, wall)
     try:

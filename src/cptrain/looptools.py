@@ -1,16 +1,13 @@
-"""Pieces the run loop uses around each step: stop requests, batch lookahead, step timing."""
+"""Pieces the run loop uses around each step: stop requests and batch lookahead."""
 
 from __future__ import annotations
 
 import signal
-import time
-
-import torch
-import torch.distributed as dist
 
 
 class StopFlag:
-    """SIGTERM / SIGUSR1 (SLURM's pre-emption warning) ask for a checkpoint and a clean exit."""
+    """SIGTERM / SIGUSR1 (SLURM's pre-emption warning) ask for a checkpoint and a clean exit. The run loop
+    passes `requested` to each step launch, which sums the votes of all ranks (Trainer.launch_step)."""
 
     def __init__(self):
         self.requested = False
@@ -23,12 +20,6 @@ class StopFlag:
     def _handler(self, signum, frame):
         self.requested = True
 
-    def agreed(self, device: torch.device) -> bool:
-        if dist.get_world_size() == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 class Lookahead:
@@ -58,30 +49,3 @@ class Lookahead:
 
     def report(self) -> dict:
         return getattr(self.loader, "report", dict)()
-
-
-class StepTimer:
-    """Device time of one step, start of its first kernel to end of its last (CUDA events; host clock on
-    CPU). `elapsed()` waits for the device: it is the loop's one synchronisation per step."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        self.t_start = self.t_stop = 0.0
-
-    def start(self) -> None:
-        self.t_start = time.perf_counter()
-        if self.cuda:
-            self.begin.record()
-
-    def stop(self) -> None:
-        if self.cuda:
-            self.end.record()
-        self.t_stop = time.perf_counter()
-
-    def elapsed(self) -> float:
-        if not self.cuda:
-            return self.t_stop - self.t_start
-        torch.cuda.synchronize()
-        return self.begin.elapsed_time(self.end) / 1000.0

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from cptrain import checkpoint
 from cptrain.config import Config
 from cptrain.configtools import ConfigError
-from cptrain.looptools import Lookahead, StepTimer, StopFlag
+from cptrain.looptools import Lookahead, StopFlag
 from cptrain.models.decoder import IGNORE_INDEX, varlen_max_bucket
 from cptrain.ops.attention import HYBRID_MIN_DOC_TOKENS, long_document_spans
 from cptrain.ops.varlen import cu_seqlens_from_documents
@@ -35,13 +35,19 @@ def grad_accum_steps(cfg: Config, dp: int) -> int:
 
 @dataclass
 class PendingStep:
-    """A launched optimizer step whose results are still on the device (`Trainer.finish_step` reads them)."""
+    """A launched optimizer step whose results are still on their way (`Trainer.finish_step` reads them).
 
-    loss: torch.Tensor  # fp64 mean loss per label token over the global batch
-    grad_norm: torch.Tensor
-    finite: torch.Tensor  # loss and gradient norm both finite
-    tokens: torch.Tensor | float  # global label tokens
+    `stats`: loss (fp64 mean per label token over the global batch), gradient norm, finite flag (loss and
+    norm), global label tokens and the stop vote (ranks asking to stop), copied without blocking into a
+    pinned host buffer at the end of the step; `done` fires when that copy has landed, so waiting on it
+    waits for this step only, not for a step launched after it. `begin`/`end`: CUDA events around it."""
+
+    stats: torch.Tensor
     lr: float
+    step: int
+    done: torch.cuda.Event | None = None
+    begin: torch.cuda.Event | None = None
+    end: torch.cuda.Event | None = None
 
 
 class Trainer:
@@ -61,24 +67,31 @@ class Trainer:
         """One optimizer step over this rank's micro-batches; returns global loss and token counts."""
         return self.finish_step(self.launch_step(micro_batches))
 
-    def launch_step(self, micro_batches: list[dict]) -> PendingStep:
+    def launch_step(self, micro_batches: list[dict], stop_requested: bool = False) -> PendingStep:
         """Queue one optimizer step on the device and return without waiting for it.
 
         Nothing here reads a device value on the host (with the fused optimizer), so the host is free to
-        fetch the next batch while the device works; `finish_step` then waits and reads the results.
+        fetch the next batch, or launch the next step, while the device works; `finish_step` then waits for
+        this step's results. `stop_requested`: this rank's vote to stop, summed over ranks with the token
+        count (one collective), read back as `finish_step(...)["stop"]`, the same on every rank.
         """
         model, dev = self.model, self.device
         world = dist.get_world_size()
+        cuda = dev.type == "cuda"
+        begin = torch.cuda.Event(enable_timing=True) if cuda else None
+        if cuda:
+            begin.record()
         # labels are host tensors from the loader: counting them costs no device round trip
         local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
         if world > 1:
-            counts = torch.tensor([float(local_tokens)], dtype=torch.float64, device=dev)
+            counts = torch.tensor([float(local_tokens), float(stop_requested)], dtype=torch.float64, device=dev)
             dist.all_reduce(counts)
-            global_tokens = counts[0].clamp(min=1.0)
+            global_tokens, stop_votes = counts[0].clamp(min=1.0), counts[1]
             # FSDP averages gradients over ranks; undo that so the result is sum(loss) / global_tokens
             scale = (world / global_tokens).float()
         else:
             global_tokens = float(max(local_tokens, 1))
+            stop_votes = float(stop_requested)
             scale = 1.0 / global_tokens
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         varlen = model_uses_varlen(model, dev)
@@ -112,7 +125,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return PendingStep(loss_mean, grad_norm, finite, global_tokens, lr)
+        stats = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=dev) for x in
+                             (loss_mean, grad_norm, finite, global_tokens, stop_votes)])
+        if not cuda:
+            return PendingStep(stats, lr, self.step)
+        host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+        host.copy_(stats, non_blocking=True)
+        done, end = torch.cuda.Event(), torch.cuda.Event(enable_timing=True)
+        done.record()
+        end.record()
+        return PendingStep(host, lr, self.step, done, begin, end)
 
     def _long_spans(self, batch: dict) -> list | None:
         """The host batch's long documents for the hybrid attention path (None: that path is off)."""
@@ -153,13 +175,30 @@ class Trainer:
             self.optimizer.step()
 
     def finish_step(self, pending: PendingStep) -> dict:
-        """Wait for a launched step; its global loss, gradient norm, lr and token count as Python numbers."""
-        loss, finite, tokens = float(pending.loss), bool(pending.finite), int(pending.tokens)
+        """Wait for a launched step (only for it: steps launched later keep running); its global loss,
+        gradient norm, lr, token count and the ranks' stop vote as Python values."""
+        if pending.done is not None:
+            pending.done.synchronize()
+        loss, grad_norm, finite, tokens, stop = pending.stats.tolist()
+        finite, tokens = bool(finite), int(tokens)
         if not finite and self.cfg.train.skip_nan_steps:
             self.skipped_steps += 1
         self.tokens_seen += tokens
-        return {"loss": loss, "grad_norm": float(pending.grad_norm), "lr": pending.lr, "tokens": tokens,
-                "skipped": not finite}
+        return {"loss": loss, "grad_norm": grad_norm, "lr": pending.lr, "tokens": tokens, "skipped": not finite,
+                "stop": stop > 0}
+
+
+@dataclass
+class InFlight:
+    """A launched step the run loop has not read back yet, with what its log line needs."""
+
+    pending: PendingStep
+    micro: list[dict]
+    t0: float  # host clock when its iteration began
+    t_take: float  # host seconds waiting for its batches
+    t_launched: float  # host clock when launch_step returned
+    fetch_s: float  # host seconds fetching the next step's batches after launching it
+    overlapped: bool  # launched while the step before was still running
 
 
 def model_uses_varlen(model, device: torch.device) -> bool:
@@ -246,34 +285,64 @@ def _run(cfg: Config, env) -> dict:
     summary = {"attention": attention_path, "before": evaluate(f"step-{trainer.step}-before")}
     stop = StopFlag()
     feed = Lookahead(loader, accum)
-    timer = StepTimer(env.device)
+    every_ckpt, every_eval = cfg.checkpoint.every_steps, cfg.eval.every_steps
+
+    def at_rest(step: int) -> bool:
+        """Step `step`'s end needs the model idle before the next step is launched: eval, checkpoint, the
+        stop step or the last step."""
+        return (step >= cfg.train.steps or step == cfg.train.stop_at_step
+                or bool(every_ckpt and step % every_ckpt == 0) or bool(every_eval and step % every_eval == 0))
+
+    def report(f: InFlight, prev_end: torch.cuda.Event | None) -> dict:
+        out = trainer.finish_step(f.pending)
+        # time per step on CUDA (device events): from the end of the step before when this one was queued
+        # behind it (the device never waited in between), else from this step's own start plus the wait for
+        # its batches. On CPU the launch itself computes the step: its host time.
+        if f.pending.end is not None:
+            start_ev = prev_end if prev_end is not None else f.pending.begin
+            dt = start_ev.elapsed_time(f.pending.end) / 1000.0 + (0.0 if prev_end is not None else f.t_take)
+        else:
+            dt = f.t_launched - f.t0
+        t_data = f.t_take + max(0.0, f.fetch_s - dt)  # the fetch runs while the device works; only overrun waits
+        if f.pending.step % cfg.logging.every_steps == 0 or f.pending.step == cfg.train.steps:
+            values = step_metrics(out, f.micro, dt, t_data, dp, args, env.device)
+            log.log(f.pending.step, values)
+            log.progress(f.pending.step, values)
+        return out
+
     started = time.perf_counter()
-    while trainer.step < cfg.train.steps:
-        t0 = time.perf_counter()
-        micro = feed.take()  # fetched during the previous step; only the first step waits here
-        timer.start()
-        pending = trainer.launch_step(micro)
-        timer.stop()
-        if trainer.step < cfg.train.steps:
-            feed.fetch()  # host work overlapping the device's
-        t_fetched = time.perf_counter()
-        out = trainer.finish_step(pending)
-        device_s = timer.elapsed()
-        dt = time.perf_counter() - t0
-        # data time the device saw: the first fetch, plus any part of the overlapped one outlasting the step
-        t_data = (timer.t_start - t0) + max(0.0, t_fetched - timer.t_start - device_s)
-        if trainer.step % cfg.logging.every_steps == 0 or trainer.step == cfg.train.steps:
-            values = step_metrics(out, micro, dt, t_data, dp, args, env.device)
-            log.log(trainer.step, values)
-            log.progress(trainer.step, values)
-        if cfg.eval.every_steps and trainer.step % cfg.eval.every_steps == 0 and trainer.step < cfg.train.steps:
-            evaluate(f"step-{trainer.step}")
-        every = cfg.checkpoint.every_steps
-        if trainer.step == cfg.train.stop_at_step:
-            stop.requested = True
-        if stop.agreed(env.device) or (every and trainer.step % every == 0 and trainer.step < cfg.train.steps):
+    inflight: InFlight | None = None
+    stopping = False
+    prev_end = None
+    while inflight is not None or (trainer.step < cfg.train.steps and not stopping):
+        launched = None
+        # the next step is queued before the running one is read back, so the device never drains between
+        # steps; not past a step that needs the model at rest, nor once a stop is agreed
+        if trainer.step < cfg.train.steps and not stopping and (inflight is None or not at_rest(inflight.pending.step)):
+            t0 = time.perf_counter()
+            micro = feed.take()  # fetched during the previous step; only the first step waits here
+            t_take = time.perf_counter() - t0
+            pending = trainer.launch_step(micro, stop_requested=stop.requested)
+            t_launched = time.perf_counter()
+            if trainer.step < cfg.train.steps:
+                feed.fetch()  # host work overlapping the device's
+            launched = InFlight(pending, micro, t0, t_take, t_launched, time.perf_counter() - t_launched,
+                                inflight is not None)
+        if inflight is None:
+            inflight = launched
+            continue
+        out = report(inflight, prev_end if inflight.overlapped else None)
+        prev_end = inflight.pending.end
+        step = inflight.pending.step
+        stopping = stopping or out["stop"] or step == cfg.train.stop_at_step
+        inflight = launched
+        if inflight is not None:
+            continue  # the next step was launched: nothing may touch the model before it is read back
+        if every_eval and step % every_eval == 0 and step < cfg.train.steps and not stopping:
+            evaluate(f"step-{step}")
+        if stopping or (every_ckpt and step % every_ckpt == 0 and step < cfg.train.steps):
             folder.save_checkpoint(trainer, feed, cfg.checkpoint.keep_latest_k)
-            if stop.requested:
+            if stopping:
                 log.info(f"stop requested: checkpoint saved at step {trainer.step}, exiting")
                 return {"stopped_at": trainer.step}
     train_seconds = time.perf_counter() - started

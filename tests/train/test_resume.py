@@ -75,3 +75,33 @@ def test_export_cli_loads_in_transformers(tmp_path, corpus):
     with torch.no_grad():
         assert (hf(ids).logits - native(ids)).abs().max() < 1e-4
     assert hf.config.vocab_size == 49152 and hf.config.num_hidden_layers == 2
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, corpus):
+    """A pre-emption signal mid-run (steps are queued one ahead of their read-back): the run stops soon after,
+    with a committed checkpoint at the step it reports and metrics up to that step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    cfg = _cfg(run_dir, corpus, "train.steps=2000", "checkpoint.every_steps=0", "eval.every_steps=0")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(cfg.to_toml())
+    proc = subprocess.Popen([sys.executable, "-m", "cptrain.cli", "run", str(recipe)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(_losses(run_dir)) >= 3) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    signalled_after = max(_losses(run_dir))
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    stopped = max(_losses(run_dir))
+    assert signalled_after < stopped < 2000, (signalled_after, stopped)
+    assert sorted(_losses(run_dir)) == list(range(1, stopped + 1))
+    assert (run_dir / "checkpoints" / f"step-{stopped}" / "COMMITTED").is_file(), out
+    assert f"checkpoint saved at step {stopped}" in out

@@ -240,3 +240,17 @@ def test_single_document_rows_train_as_plain_causal():
     sd = full_state_dict()
     auto, masked = run_ranks(1, single_doc_losses, "auto", sd)[0], run_ranks(1, single_doc_losses, "sdpa", sd)[0]
     assert all(abs(a - b) < 1e-5 for a, b in zip(auto, masked)), (auto, masked)
+
+
+def stop_votes(sd: dict) -> list[bool]:
+    """Rank 1 alone asks to stop at the second step; every rank reads the same agreed votes."""
+    trainer = _trainer("always", "fp32", "on", sd)
+    rank = torch.distributed.get_rank()
+    batches = [stack(rows) for rows in global_batches()]
+    pending = [trainer.launch_step([batches[i]], stop_requested=(rank == 1 and i == 1)) for i in range(2)]
+    return [trainer.finish_step(p)["stop"] for p in pending]  # two steps in flight, read back in order
+
+
+def test_a_stop_asked_by_one_rank_is_agreed_by_all():
+    sd = full_state_dict()
+    assert run_ranks(2, stop_votes, sd) == [[False, True], [False, True]]
