@@ -100,7 +100,7 @@ class Trainer:
             if varlen:  # documents as sequences: their offsets from the host batch, no mask, no device sync
                 cu = cu_seqlens_from_documents(b["document_ids"]) if "document_ids" in b else None
                 if cu is not None:
-                    extra = {"cu_seqlens": cu.pin_memory() if dev.type == "cuda" else cu,
+                    extra = {"cu_seqlens": cu.pin_memory() if cuda else cu,
                              "max_seqlen": varlen_max_bucket(cu)}
                 b = {k: v for k, v in b.items() if k != "document_ids"}
                 causal_only = False
@@ -109,7 +109,10 @@ class Trainer:
                 causal_only = self.cfg.model.attention == "auto" and single_document_rows(b)
                 # long documents of packed rows: their own causal SDPA calls (hybrid attention), found on the host
                 extra = {"long_spans": self._long_spans(b) if not causal_only else None}
-            b = {k: v.to(dev, non_blocking=True) for k, v in b.items() if not (causal_only and k == "document_ids")}
+            # pinned first: a copy from pageable memory waits for the stream to drain, which would stall this
+            # launch until the step before (still running) is done
+            b = {k: (v.pin_memory() if cuda else v).to(dev, non_blocking=True) for k, v in b.items()
+                 if not (causal_only and k == "document_ids")}
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2; without it (one rank) nothing to sync
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
             loss = model(b["input_ids"], b["position_ids"], b.get("document_ids"), b["labels"], **extra)
