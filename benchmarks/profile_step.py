@@ -208,6 +208,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", default="profile")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="after the profile, run 2 more steps under torch.cuda.set_sync_debug_mode('warn') and "
+                        "write where the host waited for the device to DIR/NAME-syncs.txt")
     ns = p.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
     cfg, env, args, trainer, loader, accum = build(ns.recipe, ns.overrides)
@@ -236,10 +239,39 @@ def main() -> int:
     text = text_report(summary, ns.name)
     (ns.out / f"{ns.name}-summary.md").write_text(text)
     print(text, flush=True)
+    if ns.sync_debug and env.device.type == "cuda":
+        (ns.out / f"{ns.name}-syncs.txt").write_text(find_syncs(step, flush))
     from cptrain.parallel.dims import shutdown
 
     shutdown()
     return 0
+
+
+def find_syncs(step, flush) -> str:
+    """Stacks of the synchronizing CUDA calls made while launching steps (the read-back is excluded)."""
+    import traceback
+    import warnings
+
+    seen: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        stack = "".join(traceback.format_stack(limit=14)[:-2])
+        key = f"{message}\n{stack}"
+        seen[key] = seen.get(key, 0) + 1
+
+    old = warnings.showwarning
+    warnings.showwarning = record
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(2):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = old
+    flush()
+    return "\n\n".join(f"x{n}: {k}" for k, n in sorted(seen.items(), key=lambda kv: -kv[1])) or "no syncs\n"
 
 
 if __name__ == "__main__":

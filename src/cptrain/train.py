@@ -45,6 +45,7 @@ class PendingStep:
     stats: torch.Tensor
     lr: float
     step: int
+    host_tail: tuple = ()  # the stats that are host numbers already (one rank: tokens, stop vote)
     done: torch.cuda.Event | None = None
     begin: torch.cuda.Event | None = None
     end: torch.cuda.Event | None = None
@@ -84,7 +85,9 @@ class Trainer:
         # labels are host tensors from the loader: counting them costs no device round trip
         local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
         if world > 1:
-            counts = torch.tensor([float(local_tokens), float(stop_requested)], dtype=torch.float64, device=dev)
+            counts = torch.tensor([float(local_tokens), float(stop_requested)], dtype=torch.float64)
+            # pinned, so the copy does not wait for the previous step still running on the stream
+            counts = (counts.pin_memory() if cuda else counts).to(dev, non_blocking=True)
             dist.all_reduce(counts)
             global_tokens, stop_votes = counts[0].clamp(min=1.0), counts[1]
             # FSDP averages gradients over ranks; undo that so the result is sum(loss) / global_tokens
@@ -128,16 +131,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        stats = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=dev) for x in
-                             (loss_mean, grad_norm, finite, global_tokens, stop_votes)])
+        # only device values are copied back (a host scalar sent to the device would be a pageable copy,
+        # which waits for the stream to drain); one rank's token count and stop vote are host numbers
+        on_device = [loss_mean, grad_norm, finite] + ([global_tokens, stop_votes] if world > 1 else [])
+        stats = torch.stack([x.to(torch.float64) for x in on_device])
+        host_tail = () if world > 1 else (global_tokens, stop_votes)
         if not cuda:
-            return PendingStep(stats, lr, self.step)
+            return PendingStep(stats, lr, self.step, host_tail)
         host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
         host.copy_(stats, non_blocking=True)
         done, end = torch.cuda.Event(), torch.cuda.Event(enable_timing=True)
         done.record()
         end.record()
-        return PendingStep(host, lr, self.step, done, begin, end)
+        return PendingStep(host, lr, self.step, host_tail, done, begin, end)
 
     def _long_spans(self, batch: dict) -> list | None:
         """The host batch's long documents for the hybrid attention path (None: that path is off)."""
@@ -182,7 +188,7 @@ class Trainer:
         gradient norm, lr, token count and the ranks' stop vote as Python values."""
         if pending.done is not None:
             pending.done.synchronize()
-        loss, grad_norm, finite, tokens, stop = pending.stats.tolist()
+        loss, grad_norm, finite, tokens, stop = pending.stats.tolist() + list(pending.host_tail)
         finite, tokens = bool(finite), int(tokens)
         if not finite and self.cfg.train.skip_nan_steps:
             self.skipped_steps += 1
