@@ -259,17 +259,15 @@ def find_syncs(step, flush) -> str:
         key = f"{message}\n{stack}"
         seen[key] = seen.get(key, 0) + 1
 
-    old = warnings.showwarning
-    warnings.showwarning = record
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # restores showwarning and the filters on exit
         warnings.simplefilter("always")
+        warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for _ in range(2):
                 step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-            warnings.showwarning = old
     flush()
     return "\n\n".join(f"x{n}: {k}" for k, n in sorted(seen.items(), key=lambda kv: -kv[1])) or "no syncs\n"
 
