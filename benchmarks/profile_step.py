@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 FAMILIES = [  # (family, regex over the kernel name), first match wins
-    ("attention (flex)", r"flex_attention|triton_tem_fused|_attn_fwd|_attn_bwd|sdpa|fmha|flash"),
+    ("attention", r"flex_attention|triton_tem_fused|_attn_fwd|_attn_bwd|sdpa|fmha|flash"),
     ("gemm", r"gemm|sm90_xmma|cutlass|nvjet|cublas|matmul|splitKreduce"),
     ("cross-entropy (triton)", r"_row_stats_kernel|_logits_grad_kernel"),
     ("optimizer", r"adam|Adam"),

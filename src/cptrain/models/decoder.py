@@ -14,7 +14,7 @@ from torch import nn
 from cptrain.models.presets import ModelArgs
 from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
 from cptrain.ops.attention import attention, flex_block_mask, hybrid_attention
-from cptrain.ops.varlen import cu_seqlens_from_documents, flash_available, varlen_attention
+from cptrain.ops.varlen import FLASH_DTYPES, cu_seqlens_from_documents, flash_available, varlen_attention
 
 IGNORE_INDEX = -100
 
@@ -200,16 +200,21 @@ class Decoder(nn.Module):
 
     def uses_varlen(self, device: torch.device) -> bool:
         """Attention runs on documents as variable-length sequences (ops/varlen.py): backend `varlen`, or
-        `auto` on a GPU where FlashAttention 4 is installed (faster than FlexAttention on packed rows and
-        than cuDNN on single-document rows, benchmarks/kernels_attention.py)."""
+        `auto` on a GPU where FlashAttention 4 is installed and activations are bf16/fp16 (faster than
+        FlexAttention on packed rows and than cuDNN on single-document rows, benchmarks/kernels_attention.py).
+        The trainer asks the same question to decide what to send: offsets or document ids."""
         if self.attention_backend == "varlen":
             return True
-        return self.attention_backend == "auto" and device.type == "cuda" and flash_available(device)
+        dtype = self.compute_dtype or self.embed_tokens.weight.dtype
+        return (self.attention_backend == "auto" and device.type == "cuda" and dtype in FLASH_DTYPES
+                and flash_available(device))
 
     def attention_path(self, device: torch.device) -> str:
         """What attention runs on `device`, in words, for logs and benchmark tables."""
         if self.uses_varlen(device):
-            kernel = "FlashAttention 4" if device.type == "cuda" and flash_available(device) else "reference math"
+            dtype = self.compute_dtype or self.embed_tokens.weight.dtype
+            fast = device.type == "cuda" and dtype in FLASH_DTYPES and flash_available(device)
+            kernel = "FlashAttention 4" if fast else "reference math"
             return f"varlen ({kernel}): each document its own causal sequence"
         if self.attention_backend == "auto" and device.type == "cuda":
             return "auto: causal SDPA (cuDNN) for single-document rows, FlexAttention for packed rows"

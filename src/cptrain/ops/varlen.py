@@ -21,6 +21,8 @@ import os
 
 import torch
 
+FLASH_DTYPES = (torch.bfloat16, torch.float16)  # what the kernel computes in; other dtypes take the reference
+
 
 @functools.cache
 def _flash() -> object | None:
@@ -102,7 +104,7 @@ def _reference_backward(dout, q, k, v, out, lse, cu_seqlens, scale):
 def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                          max_seqlen: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [T, Hq, D], lse [Hq, T] fp32). `max_seqlen` 0: unknown (the kernel assumes T)."""
-    if q.is_cuda and flash_available(q.device):
+    if q.is_cuda and q.dtype in FLASH_DTYPES and flash_available(q.device):
         out, lse, *_ = _flash()._flash_attn_fwd(
             q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
             max_seqlen_k=max_seqlen or None, softmax_scale=scale, causal=True, return_lse=True)
@@ -119,7 +121,7 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale):
 def varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if q.is_cuda and flash_available(q.device):
+    if q.is_cuda and q.dtype in FLASH_DTYPES and flash_available(q.device):
         dq, dk, dv = _flash()._flash_attn_bwd(
             q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
             max_seqlen_q=max_seqlen or None, max_seqlen_k=max_seqlen or None)
