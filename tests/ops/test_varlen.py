@@ -15,6 +15,12 @@ def test_offsets_split_at_document_changes_and_row_starts():
     assert cu_seqlens_from_documents(torch.zeros(1, 7, dtype=torch.int64)).tolist() == [0, 7]
 
 
+def test_head_sizes_the_kernel_takes_on_every_supported_gpu():
+    from cptrain.ops.varlen import flash_head_dim_ok
+
+    assert [flash_head_dim_ok(d) for d in (64, 80, 128, 60, 256, 4)] == [True, True, True, False, False, False]
+
+
 def test_rejects_offsets_of_the_wrong_dtype():
     q = torch.randn(4, 2, 8)
     with pytest.raises(ValueError, match="int32"):

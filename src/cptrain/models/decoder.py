@@ -14,7 +14,13 @@ from torch import nn
 from cptrain.models.presets import ModelArgs
 from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
 from cptrain.ops.attention import attention, flex_block_mask, hybrid_attention
-from cptrain.ops.varlen import FLASH_DTYPES, cu_seqlens_from_documents, flash_available, varlen_attention
+from cptrain.ops.varlen import (
+    FLASH_DTYPES,
+    cu_seqlens_from_documents,
+    flash_available,
+    flash_head_dim_ok,
+    varlen_attention,
+)
 
 IGNORE_INDEX = -100
 
@@ -207,13 +213,14 @@ class Decoder(nn.Module):
             return True
         dtype = self.compute_dtype or self.embed_tokens.weight.dtype
         return (self.attention_backend == "auto" and device.type == "cuda" and dtype in FLASH_DTYPES
-                and flash_available(device))
+                and flash_head_dim_ok(self.args.head_size) and flash_available(device))
 
     def attention_path(self, device: torch.device) -> str:
         """What attention runs on `device`, in words, for logs and benchmark tables."""
         if self.uses_varlen(device):
             dtype = self.compute_dtype or self.embed_tokens.weight.dtype
-            fast = device.type == "cuda" and dtype in FLASH_DTYPES and flash_available(device)
+            fast = (device.type == "cuda" and dtype in FLASH_DTYPES and flash_head_dim_ok(self.args.head_size)
+                    and flash_available(device))
             kernel = "FlashAttention 4" if fast else "reference math"
             return f"varlen ({kernel}): each document its own causal sequence"
         if self.attention_backend == "auto" and device.type == "cuda":

@@ -43,6 +43,12 @@ def flash_available(device: torch.device | str | None = None) -> bool:
     return major in (9, 10)
 
 
+def flash_head_dim_ok(head_dim: int) -> bool:
+    """A head size FlashAttention 4 runs on both Hopper and Blackwell: a multiple of 8 from 8 to 128
+    (Hopper also takes up to 256; Blackwell only some shapes above 128). `auto` skips the kernel otherwise."""
+    return 8 <= head_dim <= 128 and head_dim % 8 == 0
+
+
 def cu_seqlens_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     """int32 [N+1] offsets of the N sequences of host rows [B, S]: a new one where the document id changes
     and at each row start (documents cut by the row edge are separate sequences, as under the mask).
