@@ -28,7 +28,6 @@ case "${1:-}" in
     mv "$tmp/cu13.part.aa" .fa4a/ && mv "$tmp/cu13.part.ab" .fa4b/
     find "$tmp" -maxdepth 1 -name '*.whl' ! -name 'nvidia_cutlass_dsl_libs_cu13-*' -exec mv {} .fa4b/ \;
     rm -rf "$tmp"
-    grep -qx "/.fa4a/" .git/info/exclude 2>/dev/null || printf '/.fa4a/\n/.fa4b/\n' >> .git/info/exclude
     du -sh .fa4a .fa4b ;;
   stage)
     mkdir -p /tmp/stage && cp .fa4a/cu13.part.aa /tmp/stage/ && echo "part 1 staged in /tmp/stage" ;;
