@@ -1,6 +1,7 @@
 """The decoder on the varlen path (documents as sequences, ops/varlen.py): the same loss and gradients as
 the masked reference, and compiled blocks that take a new document count without recompiling."""
 
+import pytest
 import torch
 
 from cptrain.models.decoder import Decoder, varlen_max_bucket
@@ -61,3 +62,20 @@ def test_compiled_blocks_take_new_document_counts_without_recompiling():
             model(ids, document_ids=docs, labels=labels).backward()
         finally:
             torch.compiler.set_stance("default")
+
+
+def test_explicit_varlen_on_a_gpu_without_the_kernel_is_refused():
+    """Asked for by name on CUDA, varlen needs FlashAttention 4 (here: no CUDA, so no kernel); on CPU it runs
+    the reference, and `auto` never needs the check."""
+    from cptrain.config import ModelConfig
+    from cptrain.configtools import ConfigError
+    from cptrain.models.build import check_attention
+
+    args = get_preset("debug")
+    cfg = ModelConfig(preset="debug", init="random", tokenizer="x", attention="varlen")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine may have the kernel")
+    with pytest.raises(ConfigError, match="flash-attn-4"):
+        check_attention(cfg, args, torch.device("cuda"))
+    check_attention(cfg, args, torch.device("cpu"))
+    check_attention(ModelConfig(preset="debug", init="random", tokenizer="x"), args, torch.device("cuda"))

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from cptrain.config import ModelConfig, PrecisionConfig
+from cptrain.configtools import ConfigError
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import ModelArgs, get_preset
 from cptrain.parallel.parallelize import DTYPES, parallelize, param_dtype_for, uses_fsdp
@@ -48,12 +49,29 @@ def pretrained_state_dict(cfg: ModelConfig, args: ModelArgs) -> dict[str, torch.
     return hf_to_native(load_hf_state_dict(resolve_model_path(cfg.path)), reference)
 
 
+def check_attention(cfg: ModelConfig, args: ModelArgs, device: torch.device) -> None:
+    """An explicit `model.attention = "varlen"` on a GPU needs the kernel: without it the op would run its
+    per-document reference math, correct but far too slow to train with. (`auto` falls back by itself.)"""
+    if cfg.attention != "varlen" or device.type != "cuda":
+        return
+    from cptrain.ops.varlen import flash_available, flash_head_dim_ok
+
+    if not flash_available(device):
+        raise ConfigError("model.attention = 'varlen' on a GPU needs flash-attn-4 on a Hopper or Blackwell GPU "
+                          "(pip install -e '.[flash]'; CPTRAIN_FLASH4=0 also turns it off); use 'auto' to fall "
+                          "back to FlexAttention / cuDNN")
+    if not flash_head_dim_ok(args.head_size):
+        raise ConfigError(f"model.attention = 'varlen': head size {args.head_size} is not one FlashAttention 4 "
+                          "takes (a multiple of 8 up to 128); use 'auto'")
+
+
 def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torch.device, *, seq_len: int,
                 micro_batch_size: int, full_state_dict: dict | None = None,
                 use_state_dict: bool = False, fsdp: str = "auto", reshard_after_forward: bool = True) -> Decoder:
     """A sharded (FSDP2; see `parallelize` for one rank), materialized decoder. With `use_state_dict` (on
     every rank), weights come from rank 0's `full_state_dict` instead of `model.init`."""
     args = model_args(cfg)
+    check_attention(cfg, args, device)
     if device.type == "cuda" and cfg.attention in ("auto", "sdpa"):
         from cptrain.ops.attention import prefer_cudnn_sdpa
 
