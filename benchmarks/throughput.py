@@ -82,30 +82,25 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
                                             dump_dir=work / v.name)
         return v
 
-    def cpt(ac: str | None, extra: tuple[str, ...] = (), slug: str = "") -> Variant:
-        v = Variant("cptrain", f"cptrain-{ac or 'recipe'}{slug}", f"recipe{f', AC {ac}' if ac else ''}",
-                    (ac or recipe_ac) != "none", n_gpus, 100 if big else 60)
+    def cpt(ac: str | None, extra: tuple[str, ...] = (), slug: str = "", env: tuple[str, ...] = ()) -> Variant:
+        setting = f"recipe{f', AC {ac}' if ac else ''}" + "".join(f", {e}" for e in env)
+        v = Variant("cptrain", f"cptrain-{ac or 'recipe'}{slug}", setting, (ac or recipe_ac) != "none", n_gpus,
+                    100 if big else 60)
         overrides = [f"model.preset={shape}", "model.init=random", f"train.seq_len={seq}",
                      "train.micro_batch_size=1", *extra] + ([f"model.activation_checkpointing={ac}"] if ac else [])
         if ns.recipe.exists():
             v.cmd = cptrain_peer.command(ns.recipe, work / v.name, steps, n_gpus, overrides)
+            v.cmd = ["env", *env, *v.cmd] if env else v.cmd
         else:
             v.why_not = f"recipe {ns.recipe} not found"
         return v
 
     other_ac = "full" if recipe_ac == "none" else "none"
     bf16w = ("precision.master_dtype=bf16",)  # HF+Liger's best setting: bf16 weights and AdamW states
-    def without_flash4(v: Variant) -> Variant:  # the attention cptrain ran before flash-attn-4 (same command)
-        old = v.name
-        v.name, v.setting = v.name + "-noflash4", v.setting + ", CPTRAIN_FLASH4=0"
-        if v.cmd:
-            v.cmd = ["env", "CPTRAIN_FLASH4=0", *(a.replace(f"/{old}", f"/{v.name}") if a.startswith("train.run_dir=")
-                                                 else a for a in v.cmd)]
-        return v
-
     if q == 1:
         order = [cpt(None, bf16w, "-bf16w"), hf(True, False), titan("none", True),
-                 without_flash4(cpt(None, bf16w, "-bf16w")), cpt(None), hf(False, False), cpt(other_ac),
+                 # the attention cptrain ran before flash-attn-4, in the same command
+                 cpt(None, bf16w, "-bf16w-noflash4", env=("CPTRAIN_FLASH4=0",)), cpt(None), hf(False, False), cpt(other_ac),
                  hf(True, True), hf(False, True), titan("selective", False), titan("selective", True)]
     else:
         # 8B on H200 (141 GB): states and activations without recomputation fit, so each peer's likely best

@@ -39,14 +39,13 @@ class PendingStep:
 
     `stats`: loss (fp64 mean per label token over the global batch), gradient norm, finite flag (loss and
     norm), global label tokens and the stop vote (ranks asking to stop), copied without blocking into a
-    pinned host buffer at the end of the step; `done` fires when that copy has landed, so waiting on it
-    waits for this step only, not for a step launched after it. `begin`/`end`: CUDA events around it."""
+    pinned host buffer at the end of the step. `begin`/`end`: CUDA events around the step; `end` fires when
+    that copy has landed, so waiting on it waits for this step only, not for a step launched after it."""
 
     stats: torch.Tensor
     lr: float
     step: int
     host_tail: tuple = ()  # the stats that are host numbers already (one rank: tokens, stop vote)
-    done: torch.cuda.Event | None = None
     begin: torch.cuda.Event | None = None
     end: torch.cuda.Event | None = None
 
@@ -140,10 +139,9 @@ class Trainer:
             return PendingStep(stats, lr, self.step, host_tail)
         host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
         host.copy_(stats, non_blocking=True)
-        done, end = torch.cuda.Event(), torch.cuda.Event(enable_timing=True)
-        done.record()
+        end = torch.cuda.Event(enable_timing=True)
         end.record()
-        return PendingStep(host, lr, self.step, host_tail, done, begin, end)
+        return PendingStep(host, lr, self.step, host_tail, begin, end)
 
     def _long_spans(self, batch: dict) -> list | None:
         """The host batch's long documents for the hybrid attention path (None: that path is off)."""
@@ -186,8 +184,8 @@ class Trainer:
     def finish_step(self, pending: PendingStep) -> dict:
         """Wait for a launched step (only for it: steps launched later keep running); its global loss,
         gradient norm, lr, token count and the ranks' stop vote as Python values."""
-        if pending.done is not None:
-            pending.done.synchronize()
+        if pending.end is not None:
+            pending.end.synchronize()
         loss, grad_norm, finite, tokens, stop = pending.stats.tolist() + list(pending.host_tail)
         finite, tokens = bool(finite), int(tokens)
         if not finite and self.cfg.train.skip_nan_steps:
@@ -211,9 +209,8 @@ class InFlight:
 
 
 def model_uses_varlen(model, device: torch.device) -> bool:
-    """The (possibly FSDP-wrapped) decoder runs its attention on document offsets (ops/varlen.py)."""
-    decoder = getattr(model, "module", model)
-    return hasattr(decoder, "uses_varlen") and decoder.uses_varlen(device)
+    """The decoder (FSDP2 shards it in place: still a Decoder) runs its attention on document offsets."""
+    return hasattr(model, "uses_varlen") and model.uses_varlen(device)
 
 
 def single_document_rows(batch: dict) -> bool:

@@ -14,13 +14,7 @@ from torch import nn
 from cptrain.models.presets import ModelArgs
 from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
 from cptrain.ops.attention import attention, flex_block_mask, hybrid_attention
-from cptrain.ops.varlen import (
-    FLASH_DTYPES,
-    cu_seqlens_from_documents,
-    flash_available,
-    flash_head_dim_ok,
-    varlen_attention,
-)
+from cptrain.ops.varlen import cu_seqlens_from_documents, flash_supports, varlen_attention
 
 IGNORE_INDEX = -100
 
@@ -211,17 +205,15 @@ class Decoder(nn.Module):
         The trainer asks the same question to decide what to send: offsets or document ids."""
         if self.attention_backend == "varlen":
             return True
-        dtype = self.compute_dtype or self.embed_tokens.weight.dtype
-        return (self.attention_backend == "auto" and device.type == "cuda" and dtype in FLASH_DTYPES
-                and flash_head_dim_ok(self.args.head_size) and flash_available(device))
+        return self.attention_backend == "auto" and self._flash_runs(device)
+
+    def _flash_runs(self, device: torch.device) -> bool:
+        return flash_supports(device, self.compute_dtype or self.embed_tokens.weight.dtype, self.args.head_size)
 
     def attention_path(self, device: torch.device) -> str:
         """What attention runs on `device`, in words, for logs and benchmark tables."""
         if self.uses_varlen(device):
-            dtype = self.compute_dtype or self.embed_tokens.weight.dtype
-            fast = (device.type == "cuda" and dtype in FLASH_DTYPES and flash_head_dim_ok(self.args.head_size)
-                    and flash_available(device))
-            kernel = "FlashAttention 4" if fast else "reference math"
+            kernel = "FlashAttention 4" if self._flash_runs(device) else "reference math"
             return f"varlen ({kernel}): each document its own causal sequence"
         if self.attention_backend == "auto" and device.type == "cuda":
             return "auto: causal SDPA (cuDNN) for single-document rows, FlexAttention for packed rows"

@@ -49,6 +49,12 @@ def flash_head_dim_ok(head_dim: int) -> bool:
     return 8 <= head_dim <= 128 and head_dim % 8 == 0
 
 
+def flash_supports(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """The kernel runs inputs of this device, dtype and head size (the one test both the op and `auto` use)."""
+    return (device.type == "cuda" and dtype in FLASH_DTYPES and flash_head_dim_ok(head_dim)
+            and flash_available(device))
+
+
 def cu_seqlens_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     """int32 [N+1] offsets of the N sequences of host rows [B, S]: a new one where the document id changes
     and at each row start (documents cut by the row edge are separate sequences, as under the mask).
@@ -61,21 +67,25 @@ def cu_seqlens_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([offsets, torch.tensor([b * s], dtype=torch.int32)])
 
 
-def _reference_forward(q, k, v, cu_seqlens, scale):
-    """out [T, Hq, D] (q's dtype) and log-sum-exp [Hq, T] (fp32), one document at a time in fp32."""
+def _documents(q, k, v, cu_seqlens, scale):
+    """Per non-empty sequence: (start, end, q, k, v as fp32 [Hq, n, D] with k/v repeated for GQA, causal scores)."""
     rep = q.shape[1] // k.shape[1]
-    out = torch.empty_like(q)
-    lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
     bounds = cu_seqlens.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         if b == a:
             continue
-        qd = q[a:b].float().transpose(0, 1)  # [H, n, D]
+        qd = q[a:b].float().transpose(0, 1)
         kd = k[a:b].float().transpose(0, 1).repeat_interleave(rep, 0)
         vd = v[a:b].float().transpose(0, 1).repeat_interleave(rep, 0)
-        scores = (qd @ kd.transpose(-1, -2)) * scale
         causal = torch.ones(b - a, b - a, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
+        yield a, b, qd, kd, vd, ((qd @ kd.transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf"))
+
+
+def _reference_forward(q, k, v, cu_seqlens, scale):
+    """out [T, Hq, D] (q's dtype) and log-sum-exp [Hq, T] (fp32), one document at a time in fp32."""
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+    for a, b, _, _, vd, scores in _documents(q, k, v, cu_seqlens, scale):
         doc_lse = scores.logsumexp(-1)
         out[a:b] = ((scores - doc_lse[..., None]).exp() @ vd).transpose(0, 1).to(q.dtype)
         lse[:, a:b] = doc_lse
@@ -87,15 +97,8 @@ def _reference_backward(dout, q, k, v, out, lse, cu_seqlens, scale):
     hkv = k.shape[1]
     rep = q.shape[1] // hkv
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    bounds = cu_seqlens.tolist()
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b == a:
-            continue
-        qd, do, od = (t[a:b].float().transpose(0, 1) for t in (q, dout, out))  # [Hq, n, D]
-        kd = k[a:b].float().transpose(0, 1).repeat_interleave(rep, 0)
-        vd = v[a:b].float().transpose(0, 1).repeat_interleave(rep, 0)
-        causal = torch.ones(b - a, b - a, dtype=torch.bool, device=q.device).tril()
-        scores = ((qd @ kd.transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf"))
+    for a, b, qd, kd, vd, scores in _documents(q, k, v, cu_seqlens, scale):
+        do, od = (t[a:b].float().transpose(0, 1) for t in (dout, out))  # [Hq, n, D]
         p = (scores - lse[:, a:b, None]).exp()
         dp = do @ vd.transpose(-1, -2)
         ds = p * (dp - (do * od).sum(-1, keepdim=True))
@@ -110,7 +113,7 @@ def _reference_backward(dout, q, k, v, out, lse, cu_seqlens, scale):
 def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                          max_seqlen: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [T, Hq, D], lse [Hq, T] fp32). `max_seqlen` 0: unknown (the kernel assumes T)."""
-    if q.is_cuda and q.dtype in FLASH_DTYPES and flash_available(q.device):
+    if flash_supports(q.device, q.dtype, q.shape[-1]):
         out, lse, *_ = _flash()._flash_attn_fwd(
             q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen or None,
             max_seqlen_k=max_seqlen or None, softmax_scale=scale, causal=True, return_lse=True)
@@ -127,7 +130,7 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale):
 def varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if q.is_cuda and q.dtype in FLASH_DTYPES and flash_available(q.device):
+    if flash_supports(q.device, q.dtype, q.shape[-1]):
         dq, dk, dv = _flash()._flash_attn_bwd(
             q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
             max_seqlen_q=max_seqlen or None, max_seqlen_k=max_seqlen or None)
