@@ -53,3 +53,11 @@ def test_freeze_by_pattern_and_optimizer_skips_frozen():
     assert torch.equal(before, m.embed_tokens.weight)
     with pytest.raises(ConfigError, match="match no parameter"):
         apply_freeze(model(), ["encoder.*"])
+
+
+def test_triton_kernel_is_refused_on_cpu_and_auto_picks_torch(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="optim.fused='triton' needs a CUDA device"):
+        build_optimizer(model(), OptimConfig(fused="triton"), "cpu")
+    opt = build_optimizer(model(), OptimConfig(), "cpu")
+    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["foreach"]

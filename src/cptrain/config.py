@@ -93,7 +93,9 @@ class OptimConfig:
     embedding_lr_mult: float = 1.0  # CPT practice: 0.1-0.5 keeps the pretrained embeddings stable
     lm_head_lr_mult: float = 1.0
     freeze: list[str] = field(default_factory=list)  # fnmatch patterns of parameter names
-    fused: Literal["auto", "on", "off"] = "auto"
+    # AdamW kernel: "triton" (ops/adamw.py: one kernel per group), "on" (torch's fused), "off" (torch's
+    # foreach); "auto": triton on CUDA where Triton is installed, else torch's fused on CUDA, foreach on CPU
+    fused: Literal["auto", "on", "off", "triton"] = "auto"
 
     def validate(self, prefix: str) -> None:
         require(self.lr > 0, f"{prefix}.lr", self.lr, "a learning rate > 0")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 
 import torch
 from torch import nn
 
 from cptrain.config import OptimConfig
 from cptrain.configtools import ConfigError
+from cptrain.ops.adamw import TritonAdamW, keep_implementation_on_load, triton_adamw_available
 
 
 def _clean(name: str) -> str:
@@ -55,9 +57,23 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
-    fused = cfg.fused == "on" or (cfg.fused == "auto" and device_type == "cuda")
     groups = param_groups(model, cfg)
     if not groups:
         raise ConfigError("no trainable parameters: optim.freeze froze everything")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None,
-                             foreach=None if fused else True)
+    hyper = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
+    kernel = cfg.fused
+    if kernel == "auto":
+        kernel = "triton" if triton_adamw_available(device_type) else "on" if device_type == "cuda" else "off"
+    if kernel == "triton":
+        if not triton_adamw_available(device_type) and not os.environ.get("TRITON_INTERPRET"):
+            raise ConfigError(f"optim.fused='triton' needs a CUDA device and the triton package (device: "
+                              f"{device_type}); use 'on' (torch's fused AdamW) or 'off' (foreach)")
+        return TritonAdamW(groups, weight_decay=cfg.weight_decay, **hyper)
+    fused = kernel == "on"
+    return keep_implementation_on_load(
+        torch.optim.AdamW(groups, fused=fused or None, foreach=None if fused else True, **hyper))
+
+
+def folds_clip_and_skip(optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer reads `grad_scale` (the clip divisor) and `found_inf` (skip) on the device."""
+    return bool(getattr(optimizer, "takes_grad_scale", False) or optimizer.param_groups[0].get("fused"))

@@ -20,7 +20,7 @@ from cptrain.looptools import Lookahead, StopFlag
 from cptrain.models.decoder import IGNORE_INDEX, varlen_max_bucket
 from cptrain.ops.attention import HYBRID_MIN_DOC_TOKENS, long_document_spans
 from cptrain.ops.varlen import cu_seqlens_from_documents
-from cptrain.optim import apply_freeze, build_optimizer
+from cptrain.optim import apply_freeze, build_optimizer, folds_clip_and_skip
 from cptrain.schedule import build_scheduler, lr_multiplier
 
 
@@ -164,7 +164,7 @@ class Trainer:
         if max_norm > 0:
             # the same coefficient as torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6), at most 1
             divisor = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
-            if self.optimizer.param_groups[0].get("fused"):
+            if folds_clip_and_skip(self.optimizer):
                 self.optimizer.grad_scale = divisor
             elif grads:
                 torch._foreach_div_(grads, divisor.to(grads[0].dtype))
@@ -173,7 +173,7 @@ class Trainer:
     def _optimizer_step(self, finite: torch.Tensor) -> None:
         if not self.cfg.train.skip_nan_steps:
             self.optimizer.step()
-        elif self.optimizer.param_groups[0].get("fused"):
+        elif folds_clip_and_skip(self.optimizer):
             # the fused kernel leaves parameters, moments and step counts alone when found_inf is 1 (the flag
             # GradScaler uses), so a NaN step is skipped on the device, with no host sync
             self.optimizer.found_inf = (~finite).float()

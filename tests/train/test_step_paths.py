@@ -1,7 +1,7 @@
 """The fast paths of a training step keep its meaning (CPU, gloo):
 
 - one rank without FSDP2 (fp32 parameters cast where used) == FSDP2 on one rank, in fp32 and in bf16;
-- a non-finite step is skipped on the device (fused AdamW's found_inf) exactly as on the host path;
+- a non-finite step is skipped on the device (fused and Triton AdamW's found_inf) exactly as on the host path;
 - the lookahead loader checkpoints the position after the batches trained on, not after the one held back.
 """
 
@@ -186,9 +186,10 @@ def skip_nan(fsdp: str, fused: str, sd: dict) -> tuple[list[dict], bool, int, fl
     return outs, unchanged, trainer.skipped_steps, moved
 
 
-def test_nan_step_is_skipped_on_device_and_host():
+def test_nan_step_is_skipped_on_device_and_host(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # optim.fused=triton: the kernel interpreted in the spawned rank
     sd = full_state_dict()
-    for fsdp, fused in (("auto", "on"), ("always", "on"), ("auto", "off")):
+    for fsdp, fused in (("auto", "on"), ("always", "on"), ("auto", "off"), ("auto", "triton"), ("always", "triton")):
         outs, unchanged, skipped, moved = run_ranks(1, skip_nan, fsdp, fused, sd)[0]
         assert [o["skipped"] for o in outs] == [False, True, False], (fsdp, fused)
         assert unchanged and skipped == 1 and moved > 0, (fsdp, fused, unchanged, skipped, moved)

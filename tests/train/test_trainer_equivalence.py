@@ -1,5 +1,5 @@
-"""FSDP2 over 2 gloo ranks == 1 rank; grad accumulation 4x1 == 1x4; fused AdamW (clipping folded into its
-kernel) == foreach AdamW with clipping applied to the gradients (CPU, fp32)."""
+"""FSDP2 over 2 gloo ranks == 1 rank; grad accumulation 4x1 == 1x4; fused and Triton AdamW (clipping folded
+into their kernels) == foreach AdamW with clipping applied to the gradients (CPU, fp32)."""
 
 import torch
 
@@ -92,18 +92,22 @@ def test_grad_accumulation_4x1_equals_1x4():
         torch.testing.assert_close(p_accum[k], p_single[k], rtol=0, atol=1e-4)  # Adam: see above
 
 
-def test_fused_optimizer_with_folded_clip_matches_foreach():
-    """max_grad_norm 0.05 clips every step; the fused kernel divides by grad_scale, foreach clips the grads."""
+def test_fused_optimizer_with_folded_clip_matches_foreach(monkeypatch):
+    """max_grad_norm 0.05 clips every step; torch's fused kernel and TritonAdamW (interpreted on CPU; on 2
+    ranks through FSDP2's local shards) divide by grad_scale, foreach clips the grads."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read by the spawned ranks when they import triton
     sd = full_state_dict()
     for world in (1, 2):
         runs = {}
-        for fused in ("off", "on"):
+        for fused in ("off", "on", "triton"):
             extra = ("train.max_grad_norm=0.05", f"optim.fused={fused}")
             runs[fused] = run_ranks(world, train_losses, 4 // world, sd, extra)[0]
-        (l_off, p_off), (l_on, p_on) = runs["off"], runs["on"]
-        for a, b in zip(l_off, l_on):
-            assert abs(a - b) < 1e-5, (world, l_off, l_on)
-        for k in p_off:
-            torch.testing.assert_close(p_off[k], p_on[k], rtol=0, atol=1e-4)
+        l_off, p_off = runs["off"]
+        for fused in ("on", "triton"):
+            losses, params = runs[fused]
+            for a, b in zip(l_off, losses):
+                assert abs(a - b) < 1e-5, (world, fused, l_off, losses)
+            for k in p_off:
+                torch.testing.assert_close(p_off[k], params[k], rtol=0, atol=1e-4)
     unclipped = run_ranks(1, train_losses, 4, sd, ("train.max_grad_norm=0",))[0][0]
     assert abs(unclipped[-1] - runs["off"][0][-1]) > 1e-4  # clipping changed the trajectory

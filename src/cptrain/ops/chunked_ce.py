@@ -113,6 +113,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, labels, opts, need_hidden,
                                                          need_weight)
         ctx.grads = (grad_hidden, grad_weight)
+        ctx.use_triton = opts.use_triton
         return loss
 
     @staticmethod
@@ -124,10 +125,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None
         # scale in place: the stored gradients are not needed again
-        if grad_hidden is not None:
-            grad_hidden.mul_(grad_loss)
-        if grad_weight is not None:
-            grad_weight.mul_(grad_loss)
+        for grad in (grad_hidden, grad_weight):
+            if grad is None:
+                continue
+            if ctx.use_triton:
+                from cptrain.ops.triton_ce import scale_
+
+                scale_(grad, grad_loss)
+            else:
+                grad.mul_(grad_loss)
         return grad_hidden, grad_weight, None, None
 
 

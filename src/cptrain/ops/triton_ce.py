@@ -109,3 +109,23 @@ def logits_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, 
                                      float(softcap or 1.0), n_cols=n_cols, HAS_SOFTCAP=softcap is not None,
                                      BLOCK=block, num_warps=num_warps)
     return logits
+
+
+@triton.jit
+def _scale_kernel(x_ptr, factor_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    tl.store(x_ptr + offs, (x * tl.load(factor_ptr).to(tl.float32)).to(x_ptr.dtype.element_ty), mask=inside)
+
+
+def scale_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """x *= factor (a 0-dim tensor on x's device) in place, fp32 product rounded once: the backward's
+    incoming gradient applied to the stored gradients. torch's mul_ by a 0-dim device tensor of another
+    dtype takes its slow broadcasting path, about 3x this on the [V, H] weight gradient."""
+    if not x.is_contiguous() or factor.numel() != 1:
+        return x.mul_(factor)
+    n = x.numel()
+    if n:
+        _scale_kernel[(triton.cdiv(n, 4096),)](x, factor, n, BLOCK=4096, num_warps=8)
+    return x

@@ -1,0 +1,132 @@
+"""One AdamW step over a model's parameters: TritonAdamW (ops/adamw.py) vs torch's fused and foreach AdamW.
+
+    python3 benchmarks/kernels_adamw.py                     # llama3.2-1b (Q1's optimizer step), bf16 and fp32
+    python3 benchmarks/kernels_adamw.py --models llama3.1-8b --shards 2   # one rank's half, FSDP2 on 2 GPUs
+
+The parameters are the preset's real tensors (cptrain's groups: decay / no decay, tied embedding once);
+gradients are random, `grad_scale` is set as the trainer's folded clip sets it. Each variant's time is the
+median over CUDA-event-timed steps; "GB/s" is the bytes a step must move (read parameter, gradient and
+both moments, write parameter and moments) over that time, against the GPU's memory bandwidth.
+Block-size/warp variants of the Triton kernel pick its defaults.
+Writes benchmarks/results/<date>-<device>-kernels-adamw.md and .json (and into $OUT when set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import harness
+import torch
+
+from cptrain.config import OptimConfig
+from cptrain.models.decoder import Decoder
+from cptrain.models.presets import get_preset
+from cptrain.ops import adamw
+from cptrain.optim import param_groups
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def shard_params(model: str, dtype: torch.dtype, shards: int) -> tuple[list[dict], int]:
+    """The preset's parameter groups as 1/shards-sized flat tensors of each parameter (an FSDP2 rank's
+    local shards), on the GPU in `dtype`; and the element count."""
+    with torch.device("meta"):
+        meta = Decoder(get_preset(model))
+    groups = param_groups(meta, OptimConfig())
+    out, total = [], 0
+    for g in groups:
+        tensors = []
+        for p in g["params"]:
+            n = -(-p.numel() // shards)
+            t = torch.nn.Parameter(torch.randn(n, device="cuda", dtype=dtype) * 0.02)
+            t.grad = torch.randn_like(t) * 1e-3
+            tensors.append(t)
+            total += n
+        out.append({**g, "params": tensors})
+    return out, total
+
+
+def time_variant(groups: list[dict], make, warmup: int, repeats: int) -> float:
+    opt = make(groups)
+    scale = torch.tensor(1.5, device="cuda")
+    if getattr(opt, "takes_grad_scale", False) or opt.param_groups[0].get("fused"):
+        opt.grad_scale = scale
+    times = []
+    for i in range(warmup + repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        opt.step()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end) / 1e3)
+    del opt
+    torch.cuda.empty_cache()
+    return harness.median(times)
+
+
+def variants(block_sizes: list[int], warps: list[int]):
+    hyper = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
+    yield "torch fused", {}, lambda g: torch.optim.AdamW(g, fused=True, **hyper)
+    yield "torch foreach", {}, lambda g: torch.optim.AdamW(g, foreach=True, **hyper)
+    for block in block_sizes:
+        for w in warps:
+            yield f"triton BLOCK={block} warps={w}", {"BLOCK": block, "NUM_WARPS": w}, \
+                lambda g: adamw.TritonAdamW(g, **hyper)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="llama3.2-1b")
+    p.add_argument("--shards", type=int, default=1, help="size of each tensor: 1/shards (an FSDP2 rank's part)")
+    p.add_argument("--dtypes", default="bf16,fp32")
+    p.add_argument("--blocks", default="2048,4096,8192")
+    p.add_argument("--warps", default="4,8")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--bandwidth-gbs", type=float, default=None, help="HBM GB/s for the '% of bandwidth' column "
+                   "(default: 3350 for H100 SXM, 4800 for H200)")
+    args = p.parse_args()
+    command = shlex.join(["python3", *sys.argv])
+    info = harness.device_info()
+    bw = args.bandwidth_gbs or (4800.0 if "H200" in info["device_name"] else 3350.0)
+    defaults = (adamw.BLOCK, adamw.NUM_WARPS)
+    rows = []
+    t0 = time.perf_counter()
+    for model in args.models.split(","):
+        for dname in args.dtypes.split(","):
+            dtype = DTYPES[dname]
+            groups, numel = shard_params(model, dtype, args.shards)
+            nbytes = numel * dtype.itemsize * 7  # read p, g, m, v; write p, m, v
+            for name, knobs, make in variants([int(b) for b in args.blocks.split(",")],
+                                              [int(w) for w in args.warps.split(",")]):
+                adamw.BLOCK, adamw.NUM_WARPS = knobs.get("BLOCK", defaults[0]), knobs.get("NUM_WARPS", defaults[1])
+                seconds = time_variant(groups, make, args.warmup, args.repeats)
+                row = {"model": model, "shards": args.shards, "dtype": dname, "params": numel, "variant": name,
+                       "seconds": seconds, "gbs": nbytes / seconds / 1e9}
+                rows.append(row)
+                print(row, flush=True)
+            adamw.BLOCK, adamw.NUM_WARPS = defaults
+            del groups
+            torch.cuda.empty_cache()
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    header = ["model (shard)", "dtype", "params", "variant", "ms/step", "vs torch fused", "GB/s", "% of HBM"]
+    body = []
+    for r in rows:
+        fused = next(x for x in rows if x["model"] == r["model"] and x["dtype"] == r["dtype"]
+                     and x["variant"] == "torch fused")
+        body.append([f"{r['model']} (1/{r['shards']})", r["dtype"], f"{r['params'] / 1e9:.3f}B", r["variant"],
+                     f"{r['seconds'] * 1e3:.2f}", f"{fused['seconds'] / r['seconds']:.2f}x", f"{r['gbs']:.0f}",
+                     f"{100 * r['gbs'] / bw:.0f}%"])
+    notes = (f"Bytes per step: 7 x params x dtype size. HBM bandwidth taken as {bw:.0f} GB/s. The default "
+             f"Triton kernel is BLOCK={defaults[0]} warps={defaults[1]}; the trainer also reads every gradient "
+             f"once for the norm before this step (not timed here).")
+    harness.write_results("kernels-adamw", "AdamW step: TritonAdamW vs torch fused / foreach",
+                          harness.markdown_table(header, body), rows, info, command, notes=notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""AdamW whose update is one Triton kernel over every tensor of a parameter group.
+
+torch's fused AdamW (`multi_tensor_apply`) streams parameters, gradients and both moments at about half
+of an H100's memory bandwidth in bf16. Here each kernel program updates one block of one tensor, found
+through tables of device addresses (parameter, gradient, moments, step count per tensor), so one launch
+covers the whole group at close to streaming speed. Arithmetic is fp32 whatever the storage dtype, rounded
+once on store, with torch's AdamW formula (decoupled weight decay, bias corrections from each tensor's
+step count).
+
+It behaves like torch's fused AdamW towards the trainer: `grad_scale` (a device scalar the gradients are
+divided by: the clip) and `found_inf` (a device flag: 1 leaves parameters, moments and step counts alone)
+are read on the device, so a step needs no host sync. The state layout is torch's (`step` as a float32
+device scalar, `exp_avg`, `exp_avg_sq` shaped like the parameter), so checkpoints move between the two.
+FSDP2 parameters (DTensors) are updated through their local shards. TRITON_INTERPRET=1 runs the kernel on
+CPU tensors, which is how the CPU tests check it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: build_optimizer picks torch's AdamW
+    triton = None
+
+BLOCK = 4096
+NUM_WARPS = 8
+_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def triton_adamw_available(device_type: str) -> bool:
+    return triton is not None and device_type == "cuda"
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t._local_tensor if hasattr(t, "_local_tensor") else t  # DTensor (FSDP2): this rank's shard
+
+
+class _Tables:
+    """Device tables for one launch: addresses [5, n] (param, grad, exp_avg, exp_avg_sq, step), numels,
+    and per block the tensor it belongs to and its first element."""
+
+    def __init__(self, addresses: list[int], numels: list[int], device: torch.device):
+        self.addresses = addresses
+        n = len(numels)
+        blocks = [triton.cdiv(k, BLOCK) for k in numels]
+        owner = torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(blocks))
+        starts = torch.cat([torch.arange(b, dtype=torch.int64) * BLOCK for b in blocks])
+        self.n_tensors, self.n_blocks = n, int(sum(blocks))
+        self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
+        self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
+        self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
+
+    def with_addresses(self, addresses: list[int], device: torch.device) -> _Tables:
+        """The same tensors at new addresses (gradients are new tensors each step): only the address
+        table is sent again, and only when something moved."""
+        if addresses == self.addresses:
+            return self
+        new = object.__new__(_Tables)
+        new.__dict__.update(self.__dict__)
+        new.addresses = addresses
+        new.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
+        return new
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # pinned and non-blocking: a pageable copy would wait for the stream (the step before) to drain; the
+    # pinned block is not reused before its copy has run (the caching host allocator records the copy)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+_IMPL_FLAGS = ("foreach", "fused", "capturable")
+
+
+def keep_implementation_on_load(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """`load_state_dict` copies the saved groups' `foreach`/`fused`/`capturable` over this optimizer's; put
+    this optimizer's back, so a checkpoint from torch's fused AdamW resumes in TritonAdamW and the other way
+    round, each keeping its own kernel (the state itself is the same)."""
+    flags = [{k: g[k] for k in _IMPL_FLAGS if k in g} for g in optimizer.param_groups]
+
+    def restore(opt: torch.optim.Optimizer) -> None:
+        for group, own in zip(opt.param_groups, flags):
+            group.update(own)
+
+    optimizer.register_load_state_dict_post_hook(restore)
+    return optimizer
+
+
+class TritonAdamW(torch.optim.AdamW):
+    """torch.optim.AdamW (its param groups, state and state_dict) with the update done by `_adamw_kernel`.
+
+    `capturable=True` only makes `load_state_dict` put step counts on the parameters' device, where the
+    kernel reads them; no CUDA graph is involved."""
+
+    takes_grad_scale = True  # the trainer folds the clip into `grad_scale` and NaN skips into `found_inf`
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
+        if triton is None:
+            raise RuntimeError("TritonAdamW needs the triton package (optim.fused='on'/'off' use torch's AdamW)")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False,
+                         fused=False, capturable=True)
+        self.grad_scale: torch.Tensor | None = None
+        self.found_inf: torch.Tensor | None = None
+        self._tables: dict[tuple, _Tables] = {}
+        keep_implementation_on_load(self)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("TritonAdamW.step takes no closure")
+        for gi, group in enumerate(self.param_groups):
+            by_dtype: dict[tuple, list] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("TritonAdamW does not take sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=_local(p).device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                tensors = (_local(p), _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"]))
+                by_dtype.setdefault((tensors[0].dtype, tensors[1].dtype), []).append((tensors, state["step"]))
+            for dtypes, members in by_dtype.items():
+                self._update(gi, group, dtypes, members)
+        return None
+
+    def _update(self, gi: int, group: dict, dtypes: tuple, members: list) -> None:
+        steps = [s for _, s in members]
+        if self.found_inf is None:
+            torch._foreach_add_(steps, 1.0)
+        else:
+            torch._foreach_add_(steps, 1.0 - self.found_inf.to(torch.float32))
+        live = [(ts, s) for ts, s in members if ts[0].numel() > 0]
+        if not live:
+            return
+        for ts, _ in live:
+            p, g, m, v = ts
+            if not all(t.is_contiguous() for t in ts) or g.shape != p.shape or m.dtype != p.dtype \
+                    or v.dtype != p.dtype:
+                raise RuntimeError(f"TritonAdamW needs contiguous parameter, gradient and moments of one shape "
+                                   f"and moments in the parameter's dtype; got {tuple(p.shape)} {p.dtype}, "
+                                   f"gradient {tuple(g.shape)} {g.dtype}, moments {m.dtype}")
+        device = live[0][0][0].device
+        addresses = ([ts[0].data_ptr() for ts, _ in live] + [ts[1].data_ptr() for ts, _ in live]
+                     + [ts[2].data_ptr() for ts, _ in live] + [ts[3].data_ptr() for ts, _ in live]
+                     + [s.data_ptr() for _, s in live])
+        key = (gi, dtypes, tuple(ts[0].numel() for ts, _ in live))
+        tables = self._tables.get(key)
+        tables = (_Tables(addresses, list(key[2]), device) if tables is None
+                  else tables.with_addresses(addresses, device))
+        self._tables[key] = tables
+        beta1, beta2 = group["betas"]
+        scale, inf = self.grad_scale, self.found_inf
+        _adamw_kernel[(tables.n_blocks,)](
+            tables.ptrs, tables.numels, tables.owner, tables.starts, tables.n_tensors,
+            scale if scale is not None else tables.numels, inf if inf is not None else tables.numels,
+            float(group["lr"]), float(group["weight_decay"]), float(beta1), float(beta2),
+            math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
+            float(group["eps"]), P=_CODES[dtypes[0]], G=_CODES[dtypes[1]], HAS_SCALE=scale is not None,
+            HAS_INF=inf is not None, BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _as_ptr(address, CODE: tl.constexpr):
+        if CODE == 0:
+            return address.to(tl.pointer_type(tl.float32))
+        elif CODE == 1:
+            return address.to(tl.pointer_type(tl.bfloat16))
+        else:
+            return address.to(tl.pointer_type(tl.float16))
+
+    @triton.jit
+    def _adamw_kernel(ptrs, numels, owner, starts, n_tensors, grad_scale_ptr, found_inf_ptr, lr, weight_decay,
+                      beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(owner + pid)
+        offs = tl.load(starts + pid) + tl.arange(0, BLOCK)
+        n = tl.load(numels + t)
+        if HAS_INF:  # a non-finite step: read and write nothing
+            n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
+        inside = offs < n
+        p_ptr = _as_ptr(tl.load(ptrs + t), P)
+        g_ptr = _as_ptr(tl.load(ptrs + n_tensors + t), G)
+        m_ptr = _as_ptr(tl.load(ptrs + 2 * n_tensors + t), P)
+        v_ptr = _as_ptr(tl.load(ptrs + 3 * n_tensors + t), P)
+        step = tl.load(_as_ptr(tl.load(ptrs + 4 * n_tensors + t), 0))
+        g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            g = g / tl.load(grad_scale_ptr).to(tl.float32)
+        p = tl.load(p_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        bias1 = 1.0 - tl.exp2(step * log2_beta1)
+        bias2 = 1.0 - tl.exp2(step * log2_beta2)
+        p = p * (1.0 - lr * weight_decay)
+        m = m + (1.0 - beta1) * (g - m)
+        v = beta2 * v + (1.0 - beta2) * g * g
+        p = p - (lr / bias1) * m / (tl.sqrt(v) / tl.sqrt(bias2) + eps)
+        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=inside)
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
+        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
