@@ -7,7 +7,7 @@ The parameters are the preset's real tensors (cptrain's groups: decay / no decay
 gradients are random, `grad_scale` is set as the trainer's folded clip sets it. Each variant's time is the
 median over CUDA-event-timed steps; "GB/s" is the bytes a step must move (read parameter, gradient and
 both moments, write parameter and moments) over that time, against the GPU's memory bandwidth.
-Block-size/warp variants of the Triton kernel pick its defaults.
+Block size / warps / unrolled iterations variants of the Triton kernel pick its defaults.
 Writes benchmarks/results/<date>-<device>-kernels-adamw.md and .json (and into $OUT when set).
 """
 
@@ -68,14 +68,13 @@ def time_variant(groups: list[dict], make, warmup: int, repeats: int) -> float:
     return harness.median(times)
 
 
-def variants(block_sizes: list[int], warps: list[int]):
+def variants(configs: list[tuple[int, int, int]]):
     hyper = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
     yield "torch fused", {}, lambda g: torch.optim.AdamW(g, fused=True, **hyper)
     yield "torch foreach", {}, lambda g: torch.optim.AdamW(g, foreach=True, **hyper)
-    for block in block_sizes:
-        for w in warps:
-            yield f"triton BLOCK={block} warps={w}", {"BLOCK": block, "NUM_WARPS": w}, \
-                lambda g: adamw.TritonAdamW(g, **hyper)
+    for block, warps, iters in configs:
+        yield f"triton BLOCK={block} warps={warps} iters={iters}", \
+            {"BLOCK": block, "NUM_WARPS": warps, "ITERS": iters}, lambda g: adamw.TritonAdamW(g, **hyper)
 
 
 def main() -> None:
@@ -83,8 +82,8 @@ def main() -> None:
     p.add_argument("--models", default="llama3.2-1b")
     p.add_argument("--shards", type=int, default=1, help="size of each tensor: 1/shards (an FSDP2 rank's part)")
     p.add_argument("--dtypes", default="bf16,fp32")
-    p.add_argument("--blocks", default="2048,4096,8192")
-    p.add_argument("--warps", default="4,8")
+    p.add_argument("--configs", default="2048/4/1,4096/8/1,1024/4/1,1024/4/4,512/4/8,2048/8/2,1024/2/4",
+                   help="Triton kernel settings BLOCK/warps/iters")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="HBM GB/s for the '% of bandwidth' column "
@@ -93,7 +92,8 @@ def main() -> None:
     command = shlex.join(["python3", *sys.argv])
     info = harness.device_info()
     bw = args.bandwidth_gbs or (4800.0 if "H200" in info["device_name"] else 3350.0)
-    defaults = (adamw.BLOCK, adamw.NUM_WARPS)
+    defaults = {"BLOCK": adamw.BLOCK, "NUM_WARPS": adamw.NUM_WARPS, "ITERS": adamw.ITERS}
+    configs = [tuple(int(x) for x in c.split("/")) for c in args.configs.split(",")]
     rows = []
     t0 = time.perf_counter()
     for model in args.models.split(","):
@@ -101,15 +101,16 @@ def main() -> None:
             dtype = DTYPES[dname]
             groups, numel = shard_params(model, dtype, args.shards)
             nbytes = numel * dtype.itemsize * 7  # read p, g, m, v; write p, m, v
-            for name, knobs, make in variants([int(b) for b in args.blocks.split(",")],
-                                              [int(w) for w in args.warps.split(",")]):
-                adamw.BLOCK, adamw.NUM_WARPS = knobs.get("BLOCK", defaults[0]), knobs.get("NUM_WARPS", defaults[1])
+            for name, knobs, make in variants(configs):
+                for key, value in {**defaults, **knobs}.items():
+                    setattr(adamw, key, value)
                 seconds = time_variant(groups, make, args.warmup, args.repeats)
                 row = {"model": model, "shards": args.shards, "dtype": dname, "params": numel, "variant": name,
                        "seconds": seconds, "gbs": nbytes / seconds / 1e9}
                 rows.append(row)
                 print(row, flush=True)
-            adamw.BLOCK, adamw.NUM_WARPS = defaults
+            for key, value in defaults.items():
+                setattr(adamw, key, value)
             del groups
             torch.cuda.empty_cache()
     print(f"done in {time.perf_counter() - t0:.0f} s")
@@ -122,7 +123,7 @@ def main() -> None:
                      f"{r['seconds'] * 1e3:.2f}", f"{fused['seconds'] / r['seconds']:.2f}x", f"{r['gbs']:.0f}",
                      f"{100 * r['gbs'] / bw:.0f}%"])
     notes = (f"Bytes per step: 7 x params x dtype size. HBM bandwidth taken as {bw:.0f} GB/s. The default "
-             f"Triton kernel is BLOCK={defaults[0]} warps={defaults[1]}; the trainer also reads every gradient "
+             f"Triton kernel is BLOCK={defaults['BLOCK']} warps={defaults['NUM_WARPS']} iters={defaults['ITERS']}; the trainer also reads every gradient "
              f"once for the norm before this step (not timed here).")
     harness.write_results("kernels-adamw", "AdamW step: TritonAdamW vs torch fused / foreach",
                           harness.markdown_table(header, body), rows, info, command, notes=notes)

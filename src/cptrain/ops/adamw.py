@@ -27,7 +27,8 @@ try:
 except ImportError:  # CPU-only installs: build_optimizer picks torch's AdamW
     triton = None
 
-BLOCK = 4096
+BLOCK = 2048  # elements per step of a program's loop
+ITERS = 2  # steps per program (unrolled): a program updates BLOCK * ITERS elements of one tensor
 NUM_WARPS = 8
 _CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -46,10 +47,12 @@ class _Tables:
 
     def __init__(self, addresses: list[int], numels: list[int], device: torch.device):
         self.addresses = addresses
+        self.aligned = all(a % 16 == 0 for a in addresses)
         n = len(numels)
-        blocks = [triton.cdiv(k, BLOCK) for k in numels]
+        span = BLOCK * ITERS
+        blocks = [triton.cdiv(k, span) for k in numels]
         owner = torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(blocks))
-        starts = torch.cat([torch.arange(b, dtype=torch.int64) * BLOCK for b in blocks])
+        starts = torch.cat([torch.arange(b, dtype=torch.int64) * span for b in blocks])
         self.n_tensors, self.n_blocks = n, int(sum(blocks))
         self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
         self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
@@ -63,6 +66,7 @@ class _Tables:
         new = object.__new__(_Tables)
         new.__dict__.update(self.__dict__)
         new.addresses = addresses
+        new.aligned = all(a % 16 == 0 for a in addresses)
         new.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
         return new
 
@@ -165,7 +169,7 @@ class TritonAdamW(torch.optim.AdamW):
             float(group["lr"]), float(group["weight_decay"]), float(beta1), float(beta2),
             math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
             float(group["eps"]), P=_CODES[dtypes[0]], G=_CODES[dtypes[1]], HAS_SCALE=scale is not None,
-            HAS_INF=inf is not None, BLOCK=BLOCK, num_warps=NUM_WARPS)
+            HAS_INF=inf is not None, ALIGNED=tables.aligned, BLOCK=BLOCK, ITERS=ITERS, num_warps=NUM_WARPS)
 
 
 if triton is not None:
@@ -180,33 +184,64 @@ if triton is not None:
             return address.to(tl.pointer_type(tl.float16))
 
     @triton.jit
+    def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, scale, step_size, decay, beta1, beta2, bias2_sqrt,
+                     eps, MASKED: tl.constexpr):
+        if MASKED:
+            g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            p = tl.load(p_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            m = tl.load(m_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        else:
+            g, p = tl.load(g_ptr + offs).to(tl.float32), tl.load(p_ptr + offs).to(tl.float32)
+            m, v = tl.load(m_ptr + offs).to(tl.float32), tl.load(v_ptr + offs).to(tl.float32)
+        g = g / scale
+        m = m + (1.0 - beta1) * (g - m)
+        v = beta2 * v + (1.0 - beta2) * g * g
+        p = p * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
+        if MASKED:
+            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=inside)
+            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
+            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
+        else:
+            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty))
+            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty))
+            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty))
+
+    @triton.jit
     def _adamw_kernel(ptrs, numels, owner, starts, n_tensors, grad_scale_ptr, found_inf_ptr, lr, weight_decay,
                       beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
-                      HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+                      HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+                      ITERS: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(owner + pid)
-        offs = tl.load(starts + pid) + tl.arange(0, BLOCK)
+        # blocks start at multiples of BLOCK and tensors at 16-byte aligned addresses (checked on the host):
+        # said explicitly, and whole blocks load without a mask, so the loads are vectorized (addresses and
+        # sizes read from a table are otherwise of unknown alignment)
+        start = tl.multiple_of(tl.load(starts + pid), BLOCK * ITERS)
         n = tl.load(numels + t)
         if HAS_INF:  # a non-finite step: read and write nothing
             n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
-        inside = offs < n
         p_ptr = _as_ptr(tl.load(ptrs + t), P)
         g_ptr = _as_ptr(tl.load(ptrs + n_tensors + t), G)
         m_ptr = _as_ptr(tl.load(ptrs + 2 * n_tensors + t), P)
         v_ptr = _as_ptr(tl.load(ptrs + 3 * n_tensors + t), P)
+        if ALIGNED:
+            p_ptr, g_ptr = tl.multiple_of(p_ptr, 16), tl.multiple_of(g_ptr, 16)
+            m_ptr, v_ptr = tl.multiple_of(m_ptr, 16), tl.multiple_of(v_ptr, 16)
         step = tl.load(_as_ptr(tl.load(ptrs + 4 * n_tensors + t), 0))
-        g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        scale = 1.0
         if HAS_SCALE:
-            g = g / tl.load(grad_scale_ptr).to(tl.float32)
-        p = tl.load(p_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        m = tl.load(m_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        bias1 = 1.0 - tl.exp2(step * log2_beta1)
-        bias2 = 1.0 - tl.exp2(step * log2_beta2)
-        p = p * (1.0 - lr * weight_decay)
-        m = m + (1.0 - beta1) * (g - m)
-        v = beta2 * v + (1.0 - beta2) * g * g
-        p = p - (lr / bias1) * m / (tl.sqrt(v) / tl.sqrt(bias2) + eps)
-        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=inside)
-        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
-        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
+            scale = tl.load(grad_scale_ptr).to(tl.float32)
+        step_size = lr / (1.0 - tl.exp2(step * log2_beta1))
+        bias2_sqrt = tl.sqrt(1.0 - tl.exp2(step * log2_beta2))
+        decay = 1.0 - lr * weight_decay
+        if start + BLOCK * ITERS <= n:
+            for i in tl.static_range(ITERS):
+                offs = tl.max_contiguous(tl.multiple_of(start + i * BLOCK + tl.arange(0, BLOCK), BLOCK), BLOCK)
+                _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, scale, step_size, decay, beta1, beta2,
+                             bias2_sqrt, eps, MASKED=False)
+        elif start < n:
+            for i in tl.static_range(ITERS):
+                offs = start + i * BLOCK + tl.arange(0, BLOCK)
+                _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, scale, step_size, decay, beta1, beta2,
+                             bias2_sqrt, eps, MASKED=True)
