@@ -137,12 +137,11 @@ class TritonAdamW(torch.optim.AdamW):
         return None
 
     def _update(self, gi: int, group: dict, dtypes: tuple, members: list) -> None:
-        steps = [s for _, s in members]
-        if self.found_inf is None:
-            torch._foreach_add_(steps, 1.0)
-        else:
-            torch._foreach_add_(steps, 1.0 - self.found_inf.to(torch.float32))
         live = [(ts, s) for ts, s in members if ts[0].numel() > 0]
+        empty = [s for ts, s in members if ts[0].numel() == 0]  # an FSDP2 rank may hold nothing of a tensor
+        if empty:
+            add = 1.0 if self.found_inf is None else 1.0 - self.found_inf.float()
+            torch._foreach_add_(empty, [add] * len(empty) if self.found_inf is not None else add)
         if not live:
             return
         for ts, _ in live:
@@ -163,6 +162,10 @@ class TritonAdamW(torch.optim.AdamW):
         self._tables[key] = tables
         beta1, beta2 = group["betas"]
         scale, inf = self.grad_scale, self.found_inf
+        # step counts += 1 (0 on a skipped step) by a kernel: torch's foreach add of a device scalar syncs
+        _count_kernel[(triton.cdiv(tables.n_tensors, 1024),)](
+            tables.ptrs, tables.n_tensors, inf if inf is not None else tables.numels, HAS_INF=inf is not None,
+            BLOCK=1024)
         _adamw_kernel[(tables.n_blocks,)](
             tables.ptrs, tables.numels, tables.owner, tables.starts, tables.n_tensors,
             scale if scale is not None else tables.numels, inf if inf is not None else tables.numels,
@@ -173,6 +176,16 @@ class TritonAdamW(torch.optim.AdamW):
 
 
 if triton is not None:
+
+    @triton.jit
+    def _count_kernel(ptrs, n_tensors, found_inf_ptr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+        t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = t < n_tensors
+        step_ptrs = tl.load(ptrs + 4 * n_tensors + t, mask=inside, other=0).to(tl.pointer_type(tl.float32))
+        add = 1.0
+        if HAS_INF:
+            add = 1.0 - tl.load(found_inf_ptr).to(tl.float32)
+        tl.store(step_ptrs, tl.load(step_ptrs, mask=inside) + add, mask=inside)
 
     @triton.jit
     def _as_ptr(address, CODE: tl.constexpr):
