@@ -123,8 +123,8 @@ def main() -> None:
                      f"{r['seconds'] * 1e3:.2f}", f"{fused['seconds'] / r['seconds']:.2f}x", f"{r['gbs']:.0f}",
                      f"{100 * r['gbs'] / bw:.0f}%"])
     notes = (f"Bytes per step: 7 x params x dtype size. HBM bandwidth taken as {bw:.0f} GB/s. The default "
-             f"Triton kernel is BLOCK={defaults['BLOCK']} warps={defaults['NUM_WARPS']} iters={defaults['ITERS']}; the trainer also reads every gradient "
-             f"once for the norm before this step (not timed here).")
+             f"Triton kernel is BLOCK={defaults['BLOCK']} warps={defaults['NUM_WARPS']} iters={defaults['ITERS']}; "
+             f"the trainer also reads every gradient once for the norm before this step (not timed here).")
     harness.write_results("kernels-adamw", "AdamW step: TritonAdamW vs torch fused / foreach",
                           harness.markdown_table(header, body), rows, info, command, notes=notes)
 

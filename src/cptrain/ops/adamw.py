@@ -41,34 +41,69 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t._local_tensor if hasattr(t, "_local_tensor") else t  # DTensor (FSDP2): this rank's shard
 
 
-class _Tables:
-    """Device tables for one launch: addresses [5, n] (param, grad, exp_avg, exp_avg_sq, step), numels,
-    and per block the tensor it belongs to and its first element."""
+class _Launch:
+    """One kernel launch: the tensors of one group with one (parameter, gradient) dtype pair. Device tables:
+    `ptrs` [4, n] addresses of parameter, exp_avg, exp_avg_sq and step count (fixed while the state objects
+    are), `grad_ptrs` [n] (gradients are new tensors each step: sent again only when one moved), numels,
+    and per program the tensor it updates and its first element."""
 
-    def __init__(self, addresses: list[int], numels: list[int], device: torch.device):
-        self.addresses = addresses
+    def __init__(self, dtypes: tuple, index: list[int], local: list[tuple], steps: list[torch.Tensor],
+                 device: torch.device):
+        self.dtypes, self.index, self.device = dtypes, index, device
+        numels = [ts[0].numel() for ts in local]
+        for ts in local:
+            p, m, v = ts
+            if not all(t.is_contiguous() for t in ts) or m.dtype != p.dtype or v.dtype != p.dtype:
+                raise RuntimeError(f"TritonAdamW needs contiguous parameters and moments in the parameter's "
+                                   f"dtype; got {tuple(p.shape)} {p.dtype}, moments {m.dtype}, {v.dtype}")
+        addresses = [ts[k].data_ptr() for k in range(3) for ts in local] + [s.data_ptr() for s in steps]
         self.aligned = all(a % 16 == 0 for a in addresses)
-        n = len(numels)
         span = BLOCK * ITERS
         blocks = [triton.cdiv(k, span) for k in numels]
+        n = len(numels)
         owner = torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(blocks))
         starts = torch.cat([torch.arange(b, dtype=torch.int64) * span for b in blocks])
-        self.n_tensors, self.n_blocks = n, int(sum(blocks))
+        self.n_tensors, self.n_blocks, self.numel_list = n, int(sum(blocks)), numels
         self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
         self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
         self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
+        self.grad_addresses: list[int] = []
+        self.grad_ptrs: torch.Tensor | None = None
 
-    def with_addresses(self, addresses: list[int], device: torch.device) -> _Tables:
-        """The same tensors at new addresses (gradients are new tensors each step): only the address
-        table is sent again, and only when something moved."""
-        if addresses == self.addresses:
-            return self
-        new = object.__new__(_Tables)
-        new.__dict__.update(self.__dict__)
-        new.addresses = addresses
-        new.aligned = all(a % 16 == 0 for a in addresses)
-        new.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
-        return new
+    def set_grads(self, grads: list[torch.Tensor]) -> None:
+        addresses = [g.data_ptr() for g in grads]
+        if addresses != self.grad_addresses:
+            for g, k in zip(grads, self.numel_list):
+                if not g.is_contiguous() or g.numel() != k:
+                    raise RuntimeError(f"TritonAdamW needs contiguous gradients shaped like their parameters; "
+                                       f"got {tuple(g.shape)} (strides {g.stride()}) for {k} elements")
+            self.grad_addresses = addresses
+            self.grad_ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), self.device)
+            self.grads_aligned = all(a % 16 == 0 for a in addresses)
+
+
+class _Plan:
+    """A group's launches, valid while the same parameters have gradients and the same state tensors."""
+
+    def __init__(self, params: list, states: list[dict]):
+        self.params = params
+        self.key = [id(st["exp_avg"]) for st in states]
+        by_dtype: dict[tuple, list[int]] = {}
+        self.empty_steps = []  # an FSDP2 rank may hold nothing of a tensor: only its step count moves
+        for i, (p, st) in enumerate(zip(params, states)):
+            if _local(p).numel() == 0:
+                self.empty_steps.append(st["step"])
+            else:
+                by_dtype.setdefault((_local(p).dtype, _local(p.grad).dtype), []).append(i)
+        self.launches = [
+            _Launch(dtypes, index, [(_local(params[i]), _local(states[i]["exp_avg"]),
+                                     _local(states[i]["exp_avg_sq"])) for i in index],
+                    [states[i]["step"] for i in index], _local(params[index[0]]).device)
+            for dtypes, index in by_dtype.items()]
+
+    def matches(self, params: list, states: list[dict]) -> bool:
+        return (len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+                and self.key == [id(st["exp_avg"]) for st in states])
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -111,7 +146,7 @@ class TritonAdamW(torch.optim.AdamW):
                          fused=False, capturable=True)
         self.grad_scale: torch.Tensor | None = None
         self.found_inf: torch.Tensor | None = None
-        self._tables: dict[tuple, _Tables] = {}
+        self._plans: dict[int, _Plan] = {}
         keep_implementation_on_load(self)
 
     @torch.no_grad()
@@ -119,60 +154,43 @@ class TritonAdamW(torch.optim.AdamW):
         if closure is not None:
             raise ValueError("TritonAdamW.step takes no closure")
         for gi, group in enumerate(self.param_groups):
-            by_dtype: dict[tuple, list] = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("TritonAdamW does not take sparse gradients")
-                state = self.state[p]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
                 if not state:
+                    if p.grad.is_sparse:
+                        raise RuntimeError("TritonAdamW does not take sparse gradients")
                     state["step"] = torch.zeros((), dtype=torch.float32, device=_local(p).device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                tensors = (_local(p), _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"]))
-                by_dtype.setdefault((tensors[0].dtype, tensors[1].dtype), []).append((tensors, state["step"]))
-            for dtypes, members in by_dtype.items():
-                self._update(gi, group, dtypes, members)
+            plan = self._plans.get(gi)
+            if plan is None or not plan.matches(params, states):
+                plan = self._plans[gi] = _Plan(params, states)
+            self._run(group, plan)
         return None
 
-    def _update(self, gi: int, group: dict, dtypes: tuple, members: list) -> None:
-        live = [(ts, s) for ts, s in members if ts[0].numel() > 0]
-        empty = [s for ts, s in members if ts[0].numel() == 0]  # an FSDP2 rank may hold nothing of a tensor
-        if empty:
-            add = 1.0 if self.found_inf is None else 1.0 - self.found_inf.float()
-            torch._foreach_add_(empty, [add] * len(empty) if self.found_inf is not None else add)
-        if not live:
-            return
-        for ts, _ in live:
-            p, g, m, v = ts
-            if not all(t.is_contiguous() for t in ts) or g.shape != p.shape or m.dtype != p.dtype \
-                    or v.dtype != p.dtype:
-                raise RuntimeError(f"TritonAdamW needs contiguous parameter, gradient and moments of one shape "
-                                   f"and moments in the parameter's dtype; got {tuple(p.shape)} {p.dtype}, "
-                                   f"gradient {tuple(g.shape)} {g.dtype}, moments {m.dtype}")
-        device = live[0][0][0].device
-        addresses = ([ts[0].data_ptr() for ts, _ in live] + [ts[1].data_ptr() for ts, _ in live]
-                     + [ts[2].data_ptr() for ts, _ in live] + [ts[3].data_ptr() for ts, _ in live]
-                     + [s.data_ptr() for _, s in live])
-        key = (gi, dtypes, tuple(ts[0].numel() for ts, _ in live))
-        tables = self._tables.get(key)
-        tables = (_Tables(addresses, list(key[2]), device) if tables is None
-                  else tables.with_addresses(addresses, device))
-        self._tables[key] = tables
-        beta1, beta2 = group["betas"]
+    def _run(self, group: dict, plan: _Plan) -> None:
         scale, inf = self.grad_scale, self.found_inf
-        # step counts += 1 (0 on a skipped step) by a kernel: torch's foreach add of a device scalar syncs
-        _count_kernel[(triton.cdiv(tables.n_tensors, 1024),)](
-            tables.ptrs, tables.n_tensors, inf if inf is not None else tables.numels, HAS_INF=inf is not None,
-            BLOCK=1024)
-        _adamw_kernel[(tables.n_blocks,)](
-            tables.ptrs, tables.numels, tables.owner, tables.starts, tables.n_tensors,
-            scale if scale is not None else tables.numels, inf if inf is not None else tables.numels,
-            float(group["lr"]), float(group["weight_decay"]), float(beta1), float(beta2),
-            math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
-            float(group["eps"]), P=_CODES[dtypes[0]], G=_CODES[dtypes[1]], HAS_SCALE=scale is not None,
-            HAS_INF=inf is not None, ALIGNED=tables.aligned, BLOCK=BLOCK, ITERS=ITERS, num_warps=NUM_WARPS)
+        if plan.empty_steps:
+            add = 1.0 if inf is None else 1.0 - inf.float()
+            torch._foreach_add_(plan.empty_steps, add if inf is None else [add] * len(plan.empty_steps))
+        beta1, beta2 = group["betas"]
+        for launch in plan.launches:
+            launch.set_grads([_local(plan.params[i].grad) for i in launch.index])
+            # step counts += 1 (0 on a skipped step) by a kernel: torch's foreach add of a device scalar syncs
+            _count_kernel[(triton.cdiv(launch.n_tensors, 1024),)](
+                launch.ptrs, launch.n_tensors, inf if inf is not None else launch.numels, HAS_INF=inf is not None,
+                BLOCK=1024)
+            _adamw_kernel[(launch.n_blocks,)](
+                launch.ptrs, launch.grad_ptrs, launch.numels, launch.owner, launch.starts, launch.n_tensors,
+                scale if scale is not None else launch.numels, inf if inf is not None else launch.numels,
+                float(group["lr"]), float(group["weight_decay"]), float(beta1), float(beta2),
+                math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
+                float(group["eps"]), P=_CODES[launch.dtypes[0]], G=_CODES[launch.dtypes[1]],
+                HAS_SCALE=scale is not None, HAS_INF=inf is not None,
+                ALIGNED=launch.aligned and launch.grads_aligned, BLOCK=BLOCK, ITERS=ITERS, num_warps=NUM_WARPS)
 
 
 if triton is not None:
@@ -181,7 +199,7 @@ if triton is not None:
     def _count_kernel(ptrs, n_tensors, found_inf_ptr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
         t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inside = t < n_tensors
-        step_ptrs = tl.load(ptrs + 4 * n_tensors + t, mask=inside, other=0).to(tl.pointer_type(tl.float32))
+        step_ptrs = tl.load(ptrs + 3 * n_tensors + t, mask=inside, other=0).to(tl.pointer_type(tl.float32))
         add = 1.0
         if HAS_INF:
             add = 1.0 - tl.load(found_inf_ptr).to(tl.float32)
@@ -221,8 +239,8 @@ if triton is not None:
             tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty))
 
     @triton.jit
-    def _adamw_kernel(ptrs, numels, owner, starts, n_tensors, grad_scale_ptr, found_inf_ptr, lr, weight_decay,
-                      beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
+    def _adamw_kernel(ptrs, grad_ptrs, numels, owner, starts, n_tensors, grad_scale_ptr, found_inf_ptr, lr,
+                      weight_decay, beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
                       HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
                       ITERS: tl.constexpr):
         pid = tl.program_id(0)
@@ -235,13 +253,13 @@ if triton is not None:
         if HAS_INF:  # a non-finite step: read and write nothing
             n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
         p_ptr = _as_ptr(tl.load(ptrs + t), P)
-        g_ptr = _as_ptr(tl.load(ptrs + n_tensors + t), G)
-        m_ptr = _as_ptr(tl.load(ptrs + 2 * n_tensors + t), P)
-        v_ptr = _as_ptr(tl.load(ptrs + 3 * n_tensors + t), P)
+        g_ptr = _as_ptr(tl.load(grad_ptrs + t), G)
+        m_ptr = _as_ptr(tl.load(ptrs + n_tensors + t), P)
+        v_ptr = _as_ptr(tl.load(ptrs + 2 * n_tensors + t), P)
         if ALIGNED:
             p_ptr, g_ptr = tl.multiple_of(p_ptr, 16), tl.multiple_of(g_ptr, 16)
             m_ptr, v_ptr = tl.multiple_of(m_ptr, 16), tl.multiple_of(v_ptr, 16)
-        step = tl.load(_as_ptr(tl.load(ptrs + 4 * n_tensors + t), 0))
+        step = tl.load(_as_ptr(tl.load(ptrs + 3 * n_tensors + t), 0))
         scale = 1.0
         if HAS_SCALE:
             scale = tl.load(grad_scale_ptr).to(tl.float32)
