@@ -107,8 +107,9 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
         # 8B on H200 (141 GB): states and activations without recomputation fit, so each peer's likely best
         # is its no-recompute setting; the reference settings (GC / selective AC) follow as time allows
         keep_rs = ("parallel.reshard_after_forward=false", "precision.reduce_dtype=bf16")
-        order = [cpt(None, keep_rs + bf16w, "-keep-bf16rs-bf16w"), cpt(None, keep_rs, "-keep-bf16rs"),
-                 hf(True, False), titan("none", True), cpt(None), titan("selective", True), hf(True, True),
+        order = [cpt(None, keep_rs + bf16w, "-keep-bf16rs-bf16w"), hf(True, False), titan("none", True),
+                 cpt(None, keep_rs + bf16w + ("optim.fused=on",), "-keep-bf16rs-bf16w-torchadamw"),
+                 cpt(None, keep_rs, "-keep-bf16rs"), cpt(None), titan("selective", True), hf(True, True),
                  cpt(other_ac), titan("selective", False), hf(False, True)]
     return [v for v in order if v.peer in ns.peers]
 

@@ -65,3 +65,13 @@ def test_cptrain_setting_names_the_fsdp_options(tmp_path):
                                       "reshard_after_forward": True, "reduce_dtype": "fp32",
                                       "master_dtype": "fp32"})
     assert "reshard" not in defaults and "reduce" not in defaults and "bf16" not in defaults
+
+
+def test_cptrain_setting_names_the_kernels_the_run_used(tmp_path):
+    """The run's summary says which attention and AdamW kernels ran; the table label carries both."""
+    (tmp_path / "config.resolved.toml").write_text('[model]\nactivation_checkpointing = "none"\n')
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "summary.json").write_text(json.dumps(
+        {"attention": "varlen (FlashAttention 4)", "optimizer": "AdamW (Triton, cptrain)"}))
+    label = cptrain_peer.describe(cptrain_peer.setting_of(tmp_path))
+    assert label.endswith("FlashAttention 4 varlen, AdamW (Triton, cptrain)"), label

@@ -30,7 +30,7 @@ def setting_of(run_dir: Path) -> dict:
     cfg = tomllib.loads(path.read_text())
     model, train = cfg.get("model", {}), cfg.get("train", {})
     summary = run_dir / "report" / "summary.json"
-    resolved_attention = json.loads(summary.read_text()).get("attention") if summary.exists() else None
+    resolved = json.loads(summary.read_text()) if summary.exists() else {}
     return {k: v for k, v in {
         "activation_checkpointing": model.get("activation_checkpointing"), "compile": model.get("compile"),
         "attention": model.get("attention"), "loss": model.get("loss"), "tiled_mlp": model.get("tiled_mlp"),
@@ -40,7 +40,7 @@ def setting_of(run_dir: Path) -> dict:
         "reduce_dtype": cfg.get("precision", {}).get("reduce_dtype"),
         "master_dtype": cfg.get("precision", {}).get("master_dtype"),
         "long_doc_min_tokens": model.get("long_doc_min_tokens"),
-        "attention_path": resolved_attention,
+        "attention_path": resolved.get("attention"), "optimizer": resolved.get("optimizer"),
     }.items() if v is not None}
 
 
@@ -63,6 +63,8 @@ def describe(setting: dict) -> str:
         parts.append("bf16 weights + AdamW states")
     if setting.get("attention_path", "").startswith("varlen (FlashAttention 4)"):
         parts.append("FlashAttention 4 varlen")
+    if setting.get("optimizer"):
+        parts.append(setting["optimizer"])
     return ", ".join(parts)
 
 

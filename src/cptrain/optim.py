@@ -77,3 +77,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
 def folds_clip_and_skip(optimizer: torch.optim.Optimizer) -> bool:
     """The optimizer reads `grad_scale` (the clip divisor) and `found_inf` (skip) on the device."""
     return bool(getattr(optimizer, "takes_grad_scale", False) or optimizer.param_groups[0].get("fused"))
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """Which AdamW kernel runs, for logs and run summaries."""
+    if isinstance(optimizer, TritonAdamW):
+        return "AdamW (Triton, cptrain)"
+    group = optimizer.param_groups[0]
+    return "AdamW (torch fused)" if group.get("fused") else "AdamW (torch foreach)" if group.get("foreach") \
+        else "AdamW (torch)"

@@ -20,7 +20,7 @@ from cptrain.looptools import Lookahead, StopFlag
 from cptrain.models.decoder import IGNORE_INDEX, varlen_max_bucket
 from cptrain.ops.attention import HYBRID_MIN_DOC_TOKENS, long_document_spans
 from cptrain.ops.varlen import cu_seqlens_from_documents
-from cptrain.optim import apply_freeze, build_optimizer, folds_clip_and_skip
+from cptrain.optim import apply_freeze, build_optimizer, folds_clip_and_skip, optimizer_name
 from cptrain.schedule import build_scheduler, lr_multiplier
 
 
@@ -287,8 +287,10 @@ def _run(cfg: Config, env) -> dict:
         return result
 
     attention_path = getattr(model, "attention_path", lambda d: "?")(env.device)
-    log.info(f"attention: {attention_path}")
-    summary = {"attention": attention_path, "before": evaluate(f"step-{trainer.step}-before")}
+    optimizer_kind = optimizer_name(trainer.optimizer)
+    log.info(f"attention: {attention_path}; optimizer: {optimizer_kind}")
+    summary = {"attention": attention_path, "optimizer": optimizer_kind,
+               "before": evaluate(f"step-{trainer.step}-before")}
     stop = StopFlag()
     feed = Lookahead(loader, accum)
     every_ckpt, every_eval = cfg.checkpoint.every_steps, cfg.eval.every_steps
