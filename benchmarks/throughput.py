@@ -99,8 +99,7 @@ def plan(q: int, ns: argparse.Namespace, n_gpus: int, work: Path) -> list[Varian
     bf16w = ("precision.master_dtype=bf16",)  # HF+Liger's best setting: bf16 weights and AdamW states
     if q == 1:
         order = [cpt(None, bf16w, "-bf16w"), hf(True, False), titan("none", True),
-                 # q/k/v as three matmuls, the AdamW and the attention cptrain ran before, in the same command
-                 cpt(None, bf16w + ("model.fuse_qkv=false",), "-bf16w-qkv3"),
+                 # the AdamW and the attention cptrain ran before TritonAdamW / flash-attn-4, in the same command
                  cpt(None, bf16w + ("optim.fused=on",), "-bf16w-torchadamw"),
                  cpt(None, bf16w, "-bf16w-noflash4", env=("CPTRAIN_FLASH4=0",)), cpt(None), hf(False, False), cpt(other_ac),
                  hf(True, True), hf(False, True), titan("selective", False), titan("selective", True)]

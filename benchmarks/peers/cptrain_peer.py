@@ -39,7 +39,6 @@ def setting_of(run_dir: Path) -> dict:
         "reshard_after_forward": cfg.get("parallel", {}).get("reshard_after_forward"),
         "reduce_dtype": cfg.get("precision", {}).get("reduce_dtype"),
         "master_dtype": cfg.get("precision", {}).get("master_dtype"),
-        "fuse_qkv": model.get("fuse_qkv"),
         "long_doc_min_tokens": model.get("long_doc_min_tokens"),
         "attention_path": resolved.get("attention"), "optimizer": resolved.get("optimizer"),
     }.items() if v is not None}
@@ -60,8 +59,6 @@ def describe(setting: dict) -> str:
         parts.append("bf16 reduce-scatter")
     if setting.get("long_doc_min_tokens", 0) > 0:
         parts.append(f"hybrid attention for documents >= {setting['long_doc_min_tokens']} tokens")
-    if setting.get("fuse_qkv") is False:
-        parts.append("q/k/v as 3 matmuls")
     if setting.get("master_dtype") == "bf16":
         parts.append("bf16 weights + AdamW states")
     if setting.get("attention_path", "").startswith("varlen (FlashAttention 4)"):

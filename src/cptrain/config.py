@@ -35,7 +35,6 @@ class ModelConfig:
     attention: Literal["auto", "sdpa", "flex", "hybrid", "varlen", "reference"] = "auto"
     long_doc_min_tokens: int = 0  # 0: off (hybrid without it uses HYBRID_MIN_DOC_TOKENS)
     loss: Literal["naive", "fused_chunked"] = "fused_chunked"
-    fuse_qkv: bool = True  # q/k/v projections as one matmul (parameters stay separate)
     tiled_mlp: str = "off"  # off | auto | N tiles
     activation_checkpointing: Literal["none", "full"] = "none"
     compile: bool = False

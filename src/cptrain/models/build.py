@@ -30,11 +30,9 @@ def model_args(cfg: ModelConfig) -> ModelArgs:
 
 
 def configure(model: Decoder, cfg: ModelConfig, seq_len: int, micro_batch_size: int) -> None:
-    """Kernel choices that live on the modules: loss, attention backend, fused q/k/v, MLP tiling."""
+    """Kernel choices that live on the modules: loss, attention backend, MLP tiling."""
     model.loss_impl = cfg.loss
     model.set_attention_backend(cfg.attention)
-    for block in model.layers.values():
-        block.self_attn.fuse_qkv = cfg.fuse_qkv
     if cfg.tiled_mlp != "off":
         from cptrain.ops.tiled_mlp import resolve_num_tiles
 

@@ -60,7 +60,6 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
         self.k_norm = RMSNorm(hd, args.norm_eps) if args.qk_norm else None
         self.backend = "auto"
-        self.fuse_qkv = True  # one matmul over the concatenated q/k/v weights (model.fuse_qkv)
         # set by Decoder.hidden_states for each batch: the long documents the hybrid path computes apart
         self.long_spans: list[tuple[int, int, int]] = []
         self.hybrid = False
@@ -70,30 +69,19 @@ class Attention(nn.Module):
         # a graph break: the spans are read here, at run time, so they never become compile guards
         return hybrid_attention(q, k, v, block_mask, self.long_spans)
 
-    def _project_qkv(self, x):
-        """q, k, v projections. Fused: one matmul over the three weights concatenated, so the narrow k and v
-        products (n_kv_heads * head_dim columns: 512 for Llama 3) run inside one wide GEMM forward and
-        backward; the parameters stay separate (checkpoints, HF export and FSDP2 shards unchanged). The
-        weight copy costs (q+k+v) x dim elements per layer. TP-sharded weights (DTensors) keep 3 matmuls."""
-        projs = (self.q_proj, self.k_proj, self.v_proj)
-        if not self.fuse_qkv or any(hasattr(p.weight, "placements") for p in projs):
-            return [p(x) for p in projs]
-        weight = torch.cat([p.weight.to(x.dtype) for p in projs])
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias.to(x.dtype) for p in projs])
-        return F.linear(x, weight, bias).split([p.weight.shape[0] for p in projs], dim=-1)
-
     def forward(self, x, cos, sin, document_ids=None, block_mask=None, varlen=None):
         b, s, _ = x.shape
         # -1 instead of the head count keeps this correct when TP shards the projections
-        q, k, v = (t.reshape(b, s, -1, self.head_dim) for t in self._project_qkv(x))
+        q = self.q_proj(x).view(b, s, -1, self.head_dim)
+        k = self.k_proj(x).view(b, s, -1, self.head_dim)
+        v = self.v_proj(x).view(b, s, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if varlen is not None:  # documents as sequences of the flat tokens: [B*S, H, D], no transposes
             cu_seqlens, max_seqlen = varlen
             q, k = apply_rope(q, cos, sin, seq_dim=1), apply_rope(k, cos, sin, seq_dim=1)
-            # v is a column slice of the fused projection: made contiguous (a small copy) for the kernel
             out = varlen_attention(q.reshape(b * s, -1, self.head_dim), k.reshape(b * s, -1, self.head_dim),
-                                   v.reshape(b * s, -1, self.head_dim).contiguous(), cu_seqlens, max_seqlen)
+                                   v.reshape(b * s, -1, self.head_dim), cu_seqlens, max_seqlen)
             return self.o_proj(out.view(b, s, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
