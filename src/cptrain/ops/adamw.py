@@ -58,6 +58,7 @@ class _Launch:
                                    f"dtype; got {tuple(p.shape)} {p.dtype}, moments {m.dtype}, {v.dtype}")
         addresses = [ts[k].data_ptr() for k in range(3) for ts in local] + [s.data_ptr() for s in steps]
         self.aligned = all(a % 16 == 0 for a in addresses)
+        self.block, self.iters = BLOCK, ITERS  # the tables below are laid out for these
         span = BLOCK * ITERS
         blocks = [triton.cdiv(k, span) for k in numels]
         n = len(numels)
@@ -190,7 +191,8 @@ class TritonAdamW(torch.optim.AdamW):
                 math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
                 float(group["eps"]), P=_CODES[launch.dtypes[0]], G=_CODES[launch.dtypes[1]],
                 HAS_SCALE=scale is not None, HAS_INF=inf is not None,
-                ALIGNED=launch.aligned and launch.grads_aligned, BLOCK=BLOCK, ITERS=ITERS, num_warps=NUM_WARPS)
+                ALIGNED=launch.aligned and launch.grads_aligned, BLOCK=launch.block, ITERS=launch.iters,
+                num_warps=NUM_WARPS)
 
 
 if triton is not None:
