@@ -25,7 +25,7 @@ from cptrain.config import OptimConfig
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import get_preset
 from cptrain.ops import adamw
-from cptrain.optim import param_groups
+from cptrain.optim import folds_clip_and_skip, param_groups
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -52,7 +52,7 @@ def shard_params(model: str, dtype: torch.dtype, shards: int) -> tuple[list[dict
 def time_variant(groups: list[dict], make, warmup: int, repeats: int) -> float:
     opt = make(groups)
     scale = torch.tensor(1.5, device="cuda")
-    if getattr(opt, "takes_grad_scale", False) or opt.param_groups[0].get("fused"):
+    if folds_clip_and_skip(opt):  # as the trainer does: the clip divisor read on the device
         opt.grad_scale = scale
     times = []
     for i in range(warmup + repeats):

@@ -84,5 +84,6 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     if isinstance(optimizer, TritonAdamW):
         return "AdamW (Triton, cptrain)"
     group = optimizer.param_groups[0]
-    return "AdamW (torch fused)" if group.get("fused") else "AdamW (torch foreach)" if group.get("foreach") \
-        else "AdamW (torch)"
+    if group.get("fused"):
+        return "AdamW (torch fused)"
+    return "AdamW (torch foreach)" if group.get("foreach") else "AdamW (torch)"

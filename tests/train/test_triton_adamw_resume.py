@@ -2,6 +2,8 @@
 checkpoint: 2 steps, save, a fresh model and optimizer load it, 2 more steps == 4 steps uninterrupted, bit
 for bit, on one rank and on two FSDP2 ranks (DTensor shards, DCP's optimizer state dict)."""
 
+from pathlib import Path
+
 import torch
 
 from cptrain.checkpoint import full_model_state_dict, load, save
@@ -32,8 +34,6 @@ def _step(trainer: Trainer, env, rows: list[dict]) -> float:
 
 
 def resume(sd: dict, ckpt_dir: str) -> tuple[list[float], list[float], bool]:
-    from pathlib import Path
-
     env = init_distributed("cpu")
     batches = global_batches()
     batches.append(batches[0])  # 4 steps: the loss of the 4th depends on the 3rd update (loaded moments)

@@ -174,9 +174,10 @@ class TritonAdamW(torch.optim.AdamW):
 
     def _run(self, group: dict, plan: _Plan) -> None:
         scale, inf = self.grad_scale, self.found_inf
-        if plan.empty_steps:
-            add = 1.0 if inf is None else 1.0 - inf.float()
-            torch._foreach_add_(plan.empty_steps, add if inf is None else [add] * len(plan.empty_steps))
+        if plan.empty_steps and inf is None:
+            torch._foreach_add_(plan.empty_steps, 1.0)
+        elif plan.empty_steps:
+            torch._foreach_add_(plan.empty_steps, [1.0 - inf.float()] * len(plan.empty_steps))
         beta1, beta2 = group["betas"]
         for launch in plan.launches:
             launch.set_grads([_local(plan.params[i].grad) for i in launch.index])

@@ -125,15 +125,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None
         # scale in place: the stored gradients are not needed again
+        if ctx.use_triton:
+            from cptrain.ops.triton_ce import scale_
+        else:
+            scale_ = torch.Tensor.mul_
         for grad in (grad_hidden, grad_weight):
-            if grad is None:
-                continue
-            if ctx.use_triton:
-                from cptrain.ops.triton_ce import scale_
-
+            if grad is not None:
                 scale_(grad, grad_loss)
-            else:
-                grad.mul_(grad_loss)
         return grad_hidden, grad_weight, None, None
 
 
