@@ -18,7 +18,9 @@ from cptrain.config import Config
 from cptrain.configtools import ConfigError
 from cptrain.looptools import Lookahead, StopFlag
 from cptrain.models.decoder import IGNORE_INDEX, varlen_max_bucket
+from cptrain.ops.adamw import TritonAdamW
 from cptrain.ops.attention import HYBRID_MIN_DOC_TOKENS, long_document_spans
+from cptrain.ops.grad_norm import GradNorm
 from cptrain.ops.varlen import cu_seqlens_from_documents
 from cptrain.optim import apply_freeze, build_optimizer, folds_clip_and_skip, optimizer_name
 from cptrain.schedule import build_scheduler, lr_multiplier
@@ -58,6 +60,8 @@ class Trainer:
         if cfg.optim.freeze:
             apply_freeze(model, cfg.optim.freeze)
         self.optimizer = build_optimizer(model, cfg.optim, device.type)
+        # with the Triton optimizer, the norm of plain-tensor gradients is Triton's too (one kernel launch)
+        self._grad_norm = GradNorm() if isinstance(self.optimizer, TritonAdamW) else None
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.train.steps)
         self.step = 0
         self.tokens_seen = 0
@@ -158,8 +162,11 @@ class Trainer:
         uses) is set to max(1, norm / max_norm), which saves a read and a write of every gradient.
         """
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        if self._grad_norm is not None and grads and not any(hasattr(g, "full_tensor") for g in grads):
+            norm = self._grad_norm(grads)
+        else:  # DTensors (FSDP2, TP): torch's norm, whose placements say what to reduce over ranks
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         max_norm = self.cfg.train.max_grad_norm
         if max_norm > 0:
             # the same coefficient as torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6), at most 1
