@@ -2,6 +2,7 @@
 
 - one rank without FSDP2 (fp32 parameters cast where used) == FSDP2 on one rank, in fp32 and in bf16;
 - a non-finite step is skipped on the device (fused and Triton AdamW's found_inf) exactly as on the host path;
+- a tied embedding's one gradient buffer (fused loss) gives the same training on one rank and on two FSDP2 ranks;
 - the lookahead loader checkpoints the position after the batches trained on, not after the one held back.
 """
 
@@ -13,7 +14,7 @@ from cptrain.models.build import build_model
 from cptrain.parallel.dims import build_mesh, init_distributed
 from cptrain.train import Trainer
 from tests.dist_utils import run_ranks
-from tests.train.test_trainer_equivalence import global_batches, stack
+from tests.train.test_trainer_equivalence import global_batches, stack, train_losses
 
 TIED = "model.overrides={tie_embeddings=true}"  # like llama3.2-1b: lm_head shares the embedding
 
@@ -255,3 +256,25 @@ def stop_votes(sd: dict) -> list[bool]:
 def test_a_stop_asked_by_one_rank_is_agreed_by_all():
     sd = full_state_dict()
     assert run_ranks(2, stop_votes, sd) == [[False, True], [False, True]]
+
+
+def tied_fused_losses(micro_batch_size: int, sd: dict) -> tuple[list[float], dict, list[bool]]:
+    """train_losses with a tied embedding and the fused loss, recording (not changing) whether each forward
+    took the one-buffer path for the tied gradient (ops/tied_grad.py)."""
+    from cptrain.models.decoder import Decoder
+
+    seen, real = [], Decoder._shares_tied_grad
+    Decoder._shares_tied_grad = lambda self: seen.append(real(self)) or seen[-1]
+    losses, params = train_losses(micro_batch_size, sd, (TIED, "model.loss=fused_chunked"))
+    return losses, params, seen
+
+
+def test_tied_gradient_buffer_one_rank_and_fsdp2():
+    sd = full_state_dict()
+    one, p_one, seen_one = run_ranks(1, tied_fused_losses, 2, sd)[0]
+    two, p_two, seen_two = run_ranks(2, tied_fused_losses, 1, sd)[0]
+    assert seen_one and all(seen_one) and seen_two and all(seen_two), (seen_one, seen_two)
+    for a, b in zip(one, two):
+        assert abs(a - b) < 1e-5, (one, two)
+    for k in p_one:
+        torch.testing.assert_close(p_one[k], p_two[k], rtol=0, atol=2e-4)  # as test_two_ranks_match_one_rank

@@ -14,6 +14,7 @@ from torch import nn
 from cptrain.models.presets import ModelArgs
 from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
 from cptrain.ops.attention import attention, flex_block_mask, hybrid_attention
+from cptrain.ops.tied_grad import GradSlot, lookup_sharing_grad
 from cptrain.ops.varlen import cu_seqlens_from_documents, flash_supports, varlen_attention
 
 IGNORE_INDEX = -100
@@ -141,6 +142,7 @@ class Decoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.loss_impl = "naive"  # naive | fused_chunked
         self.attention_backend = "auto"
+        self._tied_slot: GradSlot | None = None  # set by forward for hidden_states: see _shares_tied_grad
         self._hybrid_set = False  # some Attention holds long-document spans from the last forward
         # activations' dtype; None: the embedding's. Set from outside when parameters stay fp32 (parallelize)
         self.compute_dtype: torch.dtype | None = None
@@ -176,7 +178,11 @@ class Decoder(nn.Module):
         b, s = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
-        x = self.embed_tokens(input_ids)
+        slot, self._tied_slot = self._tied_slot, None
+        if slot is not None:  # the LM head's loss will leave its weight gradient for this lookup to add to
+            x = lookup_sharing_grad(input_ids, self.embed_tokens.weight, slot)
+        else:
+            x = self.embed_tokens(input_ids)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, self.rope_attn_factor, x.dtype)
@@ -197,6 +203,15 @@ class Decoder(nn.Module):
         for block in self.layers.values():
             x = block(x, cos, sin, document_ids, block_mask)
         return self.norm(x)
+
+    def _shares_tied_grad(self) -> bool:
+        """The fused loss and the lookup of a tied embedding write one gradient tensor (ops/tied_grad.py):
+        when the loss takes the weight as it is (same dtype as activations: no cast node between) and it is
+        a plain tensor (TP's DTensor shards go through their own ops)."""
+        w = self.embed_tokens.weight
+        return (self.loss_impl == "fused_chunked" and self.lm_head.weight is w and w.requires_grad
+                and torch.is_grad_enabled() and not hasattr(w, "placements")
+                and w.dtype == (self.compute_dtype or w.dtype))
 
     def uses_varlen(self, device: torch.device) -> bool:
         """Attention runs on documents as variable-length sequences (ops/varlen.py): backend `varlen`, or
@@ -246,6 +261,8 @@ class Decoder(nn.Module):
         the hybrid attention path (backend auto on CUDA, or hybrid) runs as separate causal SDPA calls.
         `cu_seqlens` / `max_seqlen`: the rows' document offsets (ops.varlen.cu_seqlens_from_documents, host) and
         `varlen_max_bucket` of them, for the varlen path; found from `document_ids` when not given."""
+        slot = GradSlot() if labels is not None and self._shares_tied_grad() else None
+        self._tied_slot = slot
         h = self.hidden_states(input_ids, position_ids, document_ids, long_spans, cu_seqlens, max_seqlen)
         if labels is None:
             return self.lm_head(h)
@@ -253,6 +270,6 @@ class Decoder(nn.Module):
             from cptrain.ops.chunked_ce import linear_cross_entropy
 
             return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight.to(h.dtype), labels.flatten(),
-                                        ignore_index=IGNORE_INDEX, reduction="sum")
+                                        ignore_index=IGNORE_INDEX, reduction="sum", weight_grad_to=slot)
         logits = self.lm_head(h).float()
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")

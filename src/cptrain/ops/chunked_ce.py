@@ -50,14 +50,15 @@ class _Options:
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                          ignore_index: int = -100, reduction: str = "sum", z_loss: float = 0.0,
                          softcap: float | None = None, chunk_size: int | None = None, process_group=None,
-                         impl: str = "auto") -> torch.Tensor:
+                         impl: str = "auto", weight_grad_to=None) -> torch.Tensor:
     """Cross-entropy of `hidden @ weight.T` against `labels` (already shifted), as an fp32 scalar.
 
     hidden [N, H], weight [V or V/tp, H], labels [N]. reduction "sum", or "mean" over the tokens whose
     label is not `ignore_index` (0 when there are none). z_loss adds z_loss * logsumexp^2 per token;
     softcap replaces logits by softcap * tanh(logits / softcap). impl: "auto" (Triton on CUDA when
     importable, else PyTorch), "torch" or "triton". Gradients flow to hidden and weight through autograd;
-    the graph cannot be backpropagated twice.
+    the graph cannot be backpropagated twice. `weight_grad_to`: an ops.tied_grad.GradSlot that receives the
+    weight's gradient instead of autograd (a tied embedding's lookup then adds its rows into it).
     """
     if (hidden.ndim != 2 or weight.ndim != 2 or labels.shape != hidden.shape[:1]
             or hidden.shape[1] != weight.shape[1]):
@@ -79,7 +80,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if chunk_size < 1:
         raise ValueError(f"linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
     opts = _Options(ignore_index, reduction, float(z_loss), softcap, chunk_size, process_group, use_triton)
-    return _LinearCrossEntropy.apply(hidden.contiguous(), weight, labels.contiguous(), opts)
+    return _LinearCrossEntropy.apply(hidden.contiguous(), weight, labels.contiguous(), opts, weight_grad_to)
 
 
 def default_chunk_size(vocab_local: int, bytes_per_logit: int) -> int:
@@ -108,12 +109,12 @@ def triton_available() -> bool:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, opts: _Options):
+    def forward(ctx, hidden, weight, labels, opts: _Options, weight_grad_to):
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, labels, opts, need_hidden,
                                                          need_weight)
         ctx.grads = (grad_hidden, grad_weight)
-        ctx.use_triton = opts.use_triton
+        ctx.use_triton, ctx.weight_grad_to = opts.use_triton, weight_grad_to
         return loss
 
     @staticmethod
@@ -132,7 +133,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for grad in (grad_hidden, grad_weight):
             if grad is not None:
                 scale_(grad, grad_loss)
-        return grad_hidden, grad_weight, None, None
+        if ctx.weight_grad_to is not None:
+            ctx.weight_grad_to.grad, grad_weight = grad_weight, None
+        return grad_hidden, grad_weight, None, None, None
 
 
 def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, opts: _Options,
