@@ -45,7 +45,7 @@ def test_matches_torch_fused_adamw(dtype, scale, skip_at):
                                    rtol=2 ** -6, atol=1e-12)  # one bf16 spacing either way
 
 
-@pytest.mark.parametrize("hints,per_sm", [(True, 0), (False, 4), (True, 4)])
+@pytest.mark.parametrize("hints,per_sm", [(True, 0), (False, 1), (True, 1)])
 def test_kernel_variants_match_the_default(hints, per_sm, monkeypatch):
     """The cache-hint and persistent-grid forms of the kernel (benchmarked in kernels_adamw.py) give the
     default form's bits."""
@@ -56,7 +56,8 @@ def test_kernel_variants_match_the_default(hints, per_sm, monkeypatch):
     monkeypatch.setattr(adamw, "PROGRAMS_PER_SM", per_sm)
     got, opt = train(TritonAdamW, torch.bfloat16, scale=2.0, skip_at=3)
     launch = opt._plans[0].launches[0]
-    assert launch.hints == hints and (launch.grid < launch.n_blocks) == (per_sm > 0)
+    # group 0 (a 4099 x 515 matrix: 517 blocks) runs on fewer programs than blocks when persistent
+    assert launch.hints == hints and (launch.grid < launch.n_blocks) == (per_sm > 0), (launch.grid, launch.n_blocks)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
 
@@ -68,9 +69,11 @@ def test_grad_norm_matches_torch(dtype):
     gen = torch.Generator(device="cuda").manual_seed(1)
     grads = [torch.randn(s, generator=gen, device="cuda").to(dtype) for s in SHAPES + [(0,), (70001,)]]
     norm = GradNorm()
+
+    def want():  # in fp32 (torch's norm of bf16 gradients is rounded to bf16)
+        return torch.nn.utils.get_total_norm([g.float() for g in grads], foreach=True)
+
     for _ in range(2):  # the second call reuses the tables
-        got = norm(grads)
-        want = torch.nn.utils.get_total_norm(grads, foreach=True)
-        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(norm(grads), want(), rtol=1e-5, atol=0)
     grads[1] = grads[1] * 3  # a moved gradient: its new address is sent
-    torch.testing.assert_close(norm(grads), torch.nn.utils.get_total_norm(grads).float(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(norm(grads), want(), rtol=1e-5, atol=0)
