@@ -7,8 +7,7 @@ The parameters are the preset's real tensors (cptrain's groups: decay / no decay
 gradients are random, `grad_scale` is set as the trainer's folded clip sets it. Each variant's time is the
 median over CUDA-event-timed steps; "GB/s" is the bytes a step must move (read parameter, gradient and
 both moments, write parameter and moments) over that time, against the GPU's memory bandwidth.
-Variants of the Triton kernel (block size / warps / unrolled iterations / cache hints / persistent programs
-per SM) pick its defaults.
+Block size / warps / unrolled iterations variants of the Triton kernel pick its defaults.
 Writes benchmarks/results/<date>-<device>-kernels-adamw.md and .json (and into $OUT when set).
 """
 
@@ -26,7 +25,6 @@ from cptrain.config import OptimConfig
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import get_preset
 from cptrain.ops import adamw
-from cptrain.ops.grad_norm import GradNorm
 from cptrain.optim import folds_clip_and_skip, param_groups
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -70,58 +68,13 @@ def time_variant(groups: list[dict], make, warmup: int, repeats: int) -> float:
     return harness.median(times)
 
 
-KNOBS = ("BLOCK", "NUM_WARPS", "ITERS", "STREAM_HINTS", "PROGRAMS_PER_SM")
-
-
-def parse_config(text: str) -> dict:
-    """BLOCK/warps/iters[/hints 0|1[/programs per SM, 0: one program per block]] -> the module's knobs."""
-    fields = [int(x) for x in text.split("/")]
-    if not 3 <= len(fields) <= 5:
-        raise SystemExit(f"--configs: {text!r} is not BLOCK/warps/iters[/hints[/programs_per_sm]]")
-    fields += [0] * (5 - len(fields))
-    return {**dict(zip(KNOBS, fields)), "STREAM_HINTS": bool(fields[3])}
-
-
-def config_name(knobs: dict) -> str:
-    name = f"triton BLOCK={knobs['BLOCK']} warps={knobs['NUM_WARPS']} iters={knobs['ITERS']}"
-    if knobs["STREAM_HINTS"]:
-        name += " hints"
-    if knobs["PROGRAMS_PER_SM"]:
-        name += f" persistent {knobs['PROGRAMS_PER_SM']}/SM"
-    return name
-
-
-def time_norms(groups: list[dict], warmup: int, repeats: int) -> dict[str, float]:
-    """The gradient norm the trainer takes before each step: torch's foreach norm and GradNorm (checked to
-    agree)."""
-    grads = [p.grad for g in groups for p in g["params"]]
-    triton_norm = GradNorm()
-    norms = {"grad norm: torch foreach": lambda: torch.nn.utils.get_total_norm(grads, foreach=True),
-             "grad norm: triton": lambda: triton_norm(grads)}
-    values = [float(fn()) for fn in norms.values()]
-    if abs(values[0] - values[1]) > 1e-3 * abs(values[0]):
-        raise SystemExit(f"grad norms differ: torch {values[0]} vs triton {values[1]}")
-    out = {}
-    for name, fn in norms.items():
-        times = []
-        for i in range(warmup + repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            if i >= warmup:
-                times.append(start.elapsed_time(end) / 1e3)
-        out[name] = harness.median(times)
-    return out
-
-
-def variants(configs: list[dict]):
+def variants(configs: list[tuple[int, int, int]]):
     hyper = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
     yield "torch fused", {}, lambda g: torch.optim.AdamW(g, fused=True, **hyper)
     yield "torch foreach", {}, lambda g: torch.optim.AdamW(g, foreach=True, **hyper)
-    for knobs in configs:
-        yield config_name(knobs), knobs, lambda g: adamw.TritonAdamW(g, **hyper)
+    for block, warps, iters in configs:
+        yield f"triton BLOCK={block} warps={warps} iters={iters}", \
+            {"BLOCK": block, "NUM_WARPS": warps, "ITERS": iters}, lambda g: adamw.TritonAdamW(g, **hyper)
 
 
 def main() -> None:
@@ -130,7 +83,7 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=1, help="size of each tensor: 1/shards (an FSDP2 rank's part)")
     p.add_argument("--dtypes", default="bf16,fp32")
     p.add_argument("--configs", default="2048/4/1,4096/8/1,1024/4/1,1024/4/4,512/4/8,2048/8/2,1024/2/4",
-                   help="Triton kernel settings BLOCK/warps/iters[/hints 0|1[/programs per SM]]")
+                   help="Triton kernel settings BLOCK/warps/iters")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="HBM GB/s for the '% of bandwidth' column "
@@ -139,8 +92,8 @@ def main() -> None:
     command = shlex.join(["python3", *sys.argv])
     info = harness.device_info()
     bw = args.bandwidth_gbs or (4800.0 if "H200" in info["device_name"] else 3350.0)
-    defaults = {key: getattr(adamw, key) for key in KNOBS}
-    configs = [parse_config(c) for c in args.configs.split(",")]
+    defaults = {"BLOCK": adamw.BLOCK, "NUM_WARPS": adamw.NUM_WARPS, "ITERS": adamw.ITERS}
+    configs = [tuple(int(x) for x in c.split("/")) for c in args.configs.split(",")]
     rows = []
     t0 = time.perf_counter()
     for model in args.models.split(","):
@@ -158,11 +111,6 @@ def main() -> None:
                 print(row, flush=True)
             for key, value in defaults.items():
                 setattr(adamw, key, value)
-            for name, seconds in time_norms(groups, args.warmup, args.repeats).items():
-                row = {"model": model, "shards": args.shards, "dtype": dname, "params": numel, "variant": name,
-                       "seconds": seconds, "gbs": numel * dtype.itemsize / seconds / 1e9}
-                rows.append(row)
-                print(row, flush=True)
             del groups
             torch.cuda.empty_cache()
     print(f"done in {time.perf_counter() - t0:.0f} s")
@@ -174,9 +122,8 @@ def main() -> None:
         body.append([f"{r['model']} (1/{r['shards']})", r["dtype"], f"{r['params'] / 1e9:.3f}B", r["variant"],
                      f"{r['seconds'] * 1e3:.2f}", f"{fused['seconds'] / r['seconds']:.2f}x", f"{r['gbs']:.0f}",
                      f"{100 * r['gbs'] / bw:.0f}%"])
-    notes = (f"Bytes per step: 7 x params x dtype size (the grad norm rows: 1 x; their 'vs torch fused' column "
-             f"means nothing). HBM bandwidth taken as {bw:.0f} GB/s. The default "
-             f"Triton kernel is {config_name(defaults).removeprefix('triton ')}; "
+    notes = (f"Bytes per step: 7 x params x dtype size. HBM bandwidth taken as {bw:.0f} GB/s. The default "
+             f"Triton kernel is BLOCK={defaults['BLOCK']} warps={defaults['NUM_WARPS']} iters={defaults['ITERS']}; "
              f"the trainer also reads every gradient once for the norm before this step (not timed here).")
     harness.write_results("kernels-adamw", "AdamW step: TritonAdamW vs torch fused / foreach",
                           harness.markdown_table(header, body), rows, info, command, notes=notes)

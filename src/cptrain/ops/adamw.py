@@ -30,8 +30,6 @@ except ImportError:  # CPU-only installs: build_optimizer picks torch's AdamW
 BLOCK = 2048  # elements per step of a program's loop
 ITERS = 2  # steps per program (unrolled): a program updates BLOCK * ITERS elements of one tensor
 NUM_WARPS = 8
-STREAM_HINTS = False  # loads marked evict-first and stores streaming (.cs): nothing is read twice
-PROGRAMS_PER_SM = 0  # > 0: a persistent grid of this many programs per SM, each looping over blocks
 _CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -60,14 +58,13 @@ class _Launch:
                                    f"dtype; got {tuple(p.shape)} {p.dtype}, moments {m.dtype}, {v.dtype}")
         addresses = [ts[k].data_ptr() for k in range(3) for ts in local] + [s.data_ptr() for s in steps]
         self.aligned = all(a % 16 == 0 for a in addresses)
-        self.block, self.iters, self.num_warps = BLOCK, ITERS, NUM_WARPS  # the tables are laid out for these
-        self.hints, self.programs_per_sm = STREAM_HINTS, PROGRAMS_PER_SM
-        owner, starts = block_table(numels, BLOCK * ITERS)
-        self.n_tensors, self.n_blocks, self.numel_list = len(numels), len(owner), numels
-        self.grid = self.n_blocks
-        if self.programs_per_sm > 0:  # on CPU (the interpreter, in tests) as if there were one SM
-            sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-            self.grid = min(self.n_blocks, sms * self.programs_per_sm)
+        self.block, self.iters = BLOCK, ITERS  # the tables below are laid out for these
+        span = BLOCK * ITERS
+        blocks = [triton.cdiv(k, span) for k in numels]
+        n = len(numels)
+        owner = torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(blocks))
+        starts = torch.cat([torch.arange(b, dtype=torch.int64) * span for b in blocks])
+        self.n_tensors, self.n_blocks, self.numel_list = n, int(sum(blocks)), numels
         self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
         self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
         self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
@@ -84,15 +81,6 @@ class _Launch:
             self.grad_addresses = addresses
             self.grad_ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), self.device)
             self.grads_aligned = all(a % 16 == 0 for a in addresses)
-
-
-def block_table(numels: list[int], span: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Host tables for a launch over several tensors, one program per `span` elements of one tensor: the
-    tensor each block belongs to (int32) and the block's first element (int64, a multiple of `span`)."""
-    blocks = [triton.cdiv(k, span) for k in numels]
-    owner = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), torch.tensor(blocks))
-    starts = torch.cat([torch.arange(b, dtype=torch.int64) * span for b in blocks])
-    return owner, starts
 
 
 class _Plan:
@@ -197,16 +185,15 @@ class TritonAdamW(torch.optim.AdamW):
             _count_kernel[(triton.cdiv(launch.n_tensors, 1024),)](
                 launch.ptrs, launch.n_tensors, inf if inf is not None else launch.numels, HAS_INF=inf is not None,
                 BLOCK=1024)
-            _adamw_kernel[(launch.grid,)](
+            _adamw_kernel[(launch.n_blocks,)](
                 launch.ptrs, launch.grad_ptrs, launch.numels, launch.owner, launch.starts, launch.n_tensors,
-                launch.n_blocks,
                 scale if scale is not None else launch.numels, inf if inf is not None else launch.numels,
                 float(group["lr"]), float(group["weight_decay"]), float(beta1), float(beta2),
                 math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
                 float(group["eps"]), P=_CODES[launch.dtypes[0]], G=_CODES[launch.dtypes[1]],
                 HAS_SCALE=scale is not None, HAS_INF=inf is not None,
                 ALIGNED=launch.aligned and launch.grads_aligned, BLOCK=launch.block, ITERS=launch.iters,
-                HINTS=launch.hints, ROUNDS=triton.cdiv(launch.n_blocks, launch.grid), num_warps=launch.num_warps)
+                num_warps=NUM_WARPS)
 
 
 if triton is not None:
@@ -231,49 +218,43 @@ if triton is not None:
             return address.to(tl.pointer_type(tl.float16))
 
     @triton.jit
-    def _load(ptr, offs, inside, MASKED: tl.constexpr, HINTS: tl.constexpr):
-        if MASKED:
-            x = tl.load(ptr + offs, mask=inside, other=0.0)
-        elif HINTS:
-            x = tl.load(ptr + offs, eviction_policy="evict_first")
-        else:
-            x = tl.load(ptr + offs)
-        return x.to(tl.float32)
-
-    @triton.jit
-    def _store(ptr, offs, x, inside, MASKED: tl.constexpr, HINTS: tl.constexpr):
-        if MASKED:
-            tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=inside)
-        elif HINTS:
-            tl.store(ptr + offs, x.to(ptr.dtype.element_ty), cache_modifier=".cs")
-        else:
-            tl.store(ptr + offs, x.to(ptr.dtype.element_ty))
-
-    @triton.jit
     def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, scale, step_size, decay, beta1, beta2, bias2_sqrt,
-                     eps, MASKED: tl.constexpr, HINTS: tl.constexpr):
-        g = _load(g_ptr, offs, inside, MASKED, HINTS)
-        p = _load(p_ptr, offs, inside, MASKED, HINTS)
-        m = _load(m_ptr, offs, inside, MASKED, HINTS)
-        v = _load(v_ptr, offs, inside, MASKED, HINTS)
+                     eps, MASKED: tl.constexpr):
+        if MASKED:
+            g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            p = tl.load(p_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            m = tl.load(m_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        else:
+            g, p = tl.load(g_ptr + offs).to(tl.float32), tl.load(p_ptr + offs).to(tl.float32)
+            m, v = tl.load(m_ptr + offs).to(tl.float32), tl.load(v_ptr + offs).to(tl.float32)
         g = g / scale
         m = m + (1.0 - beta1) * (g - m)
         v = beta2 * v + (1.0 - beta2) * g * g
         p = p * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
-        _store(p_ptr, offs, p, inside, MASKED, HINTS)
-        _store(m_ptr, offs, m, inside, MASKED, HINTS)
-        _store(v_ptr, offs, v, inside, MASKED, HINTS)
+        if MASKED:
+            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=inside)
+            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
+            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
+        else:
+            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty))
+            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty))
+            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty))
 
     @triton.jit
-    def _adamw_span(pid, ptrs, grad_ptrs, numels, owner, starts, n_tensors, scale, skip, lr, weight_decay, beta1,
-                    beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr, ALIGNED: tl.constexpr,
-                    BLOCK: tl.constexpr, ITERS: tl.constexpr, HINTS: tl.constexpr):
+    def _adamw_kernel(ptrs, grad_ptrs, numels, owner, starts, n_tensors, grad_scale_ptr, found_inf_ptr, lr,
+                      weight_decay, beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+                      ITERS: tl.constexpr):
+        pid = tl.program_id(0)
         t = tl.load(owner + pid)
         # blocks start at multiples of BLOCK and tensors at 16-byte aligned addresses (checked on the host):
         # said explicitly, and whole blocks load without a mask, so the loads are vectorized (addresses and
         # sizes read from a table are otherwise of unknown alignment)
         start = tl.multiple_of(tl.load(starts + pid), BLOCK * ITERS)
-        n = tl.where(skip, 0, tl.load(numels + t))  # a non-finite step: read and write nothing
+        n = tl.load(numels + t)
+        if HAS_INF:  # a non-finite step: read and write nothing
+            n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
         p_ptr = _as_ptr(tl.load(ptrs + t), P)
         g_ptr = _as_ptr(tl.load(grad_ptrs + t), G)
         m_ptr = _as_ptr(tl.load(ptrs + n_tensors + t), P)
@@ -282,6 +263,9 @@ if triton is not None:
             p_ptr, g_ptr = tl.multiple_of(p_ptr, 16), tl.multiple_of(g_ptr, 16)
             m_ptr, v_ptr = tl.multiple_of(m_ptr, 16), tl.multiple_of(v_ptr, 16)
         step = tl.load(_as_ptr(tl.load(ptrs + 3 * n_tensors + t), 0))
+        scale = 1.0
+        if HAS_SCALE:
+            scale = tl.load(grad_scale_ptr).to(tl.float32)
         step_size = lr / (1.0 - tl.exp2(step * log2_beta1))
         bias2_sqrt = tl.sqrt(1.0 - tl.exp2(step * log2_beta2))
         decay = 1.0 - lr * weight_decay
@@ -289,32 +273,9 @@ if triton is not None:
             for i in tl.static_range(ITERS):
                 offs = tl.max_contiguous(tl.multiple_of(start + i * BLOCK + tl.arange(0, BLOCK), BLOCK), BLOCK)
                 _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, scale, step_size, decay, beta1, beta2,
-                             bias2_sqrt, eps, MASKED=False, HINTS=HINTS)
+                             bias2_sqrt, eps, MASKED=False)
         elif start < n:
             for i in tl.static_range(ITERS):
                 offs = start + i * BLOCK + tl.arange(0, BLOCK)
                 _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, scale, step_size, decay, beta1, beta2,
-                             bias2_sqrt, eps, MASKED=True, HINTS=HINTS)
-
-    @triton.jit
-    def _adamw_kernel(ptrs, grad_ptrs, numels, owner, starts, n_tensors, n_blocks, grad_scale_ptr, found_inf_ptr,
-                      lr, weight_decay, beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
-                      HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-                      ITERS: tl.constexpr, HINTS: tl.constexpr, ROUNDS: tl.constexpr):
-        scale = 1.0
-        if HAS_SCALE:
-            scale = tl.load(grad_scale_ptr).to(tl.float32)
-        skip = False
-        if HAS_INF:
-            skip = tl.load(found_inf_ptr) != 0
-        if ROUNDS > 1:  # a grid smaller than the block count: program i takes blocks i, i + grid, ...
-            # (a compile-time count: the interpreter, on current NumPy, cannot loop to a run-time bound)
-            for r in range(0, ROUNDS):
-                pid = tl.program_id(0) + r * tl.num_programs(0)
-                if pid < n_blocks:
-                    _adamw_span(pid, ptrs, grad_ptrs, numels, owner, starts, n_tensors, scale, skip, lr,
-                                weight_decay, beta1, beta2, log2_beta1, log2_beta2, eps, P, G, ALIGNED, BLOCK, ITERS,
-                                HINTS)
-        else:
-            _adamw_span(tl.program_id(0), ptrs, grad_ptrs, numels, owner, starts, n_tensors, scale, skip, lr,
-                        weight_decay, beta1, beta2, log2_beta1, log2_beta2, eps, P, G, ALIGNED, BLOCK, ITERS, HINTS)
+                             bias2_sqrt, eps, MASKED=True)
