@@ -25,6 +25,7 @@ from cptrain.config import OptimConfig
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import get_preset
 from cptrain.ops import adamw
+from cptrain.ops.grad_norm import GradNorm
 from cptrain.optim import folds_clip_and_skip, param_groups
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -66,6 +67,31 @@ def time_variant(groups: list[dict], make, warmup: int, repeats: int) -> float:
     del opt
     torch.cuda.empty_cache()
     return harness.median(times)
+
+
+def time_norms(groups: list[dict], warmup: int, repeats: int) -> dict[str, float]:
+    """The gradient norm the trainer takes before each step: torch's foreach norm and GradNorm (checked to
+    agree)."""
+    grads = [p.grad for g in groups for p in g["params"]]
+    triton_norm = GradNorm()
+    norms = {"grad norm: torch foreach": lambda: torch.nn.utils.get_total_norm(grads, foreach=True),
+             "grad norm: triton": lambda: triton_norm(grads)}
+    values = [float(fn()) for fn in norms.values()]
+    if abs(values[0] - values[1]) > 1e-3 * abs(values[0]):
+        raise SystemExit(f"grad norms differ: torch {values[0]} vs triton {values[1]}")
+    out = {}
+    for name, fn in norms.items():
+        times = []
+        for i in range(warmup + repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            if i >= warmup:
+                times.append(start.elapsed_time(end) / 1e3)
+        out[name] = harness.median(times)
+    return out
 
 
 def variants(configs: list[tuple[int, int, int]]):
@@ -111,6 +137,11 @@ def main() -> None:
                 print(row, flush=True)
             for key, value in defaults.items():
                 setattr(adamw, key, value)
+            for name, seconds in time_norms(groups, args.warmup, args.repeats).items():
+                row = {"model": model, "shards": args.shards, "dtype": dname, "params": numel, "variant": name,
+                       "seconds": seconds, "gbs": numel * dtype.itemsize / seconds / 1e9}
+                rows.append(row)
+                print(row, flush=True)
             del groups
             torch.cuda.empty_cache()
     print(f"done in {time.perf_counter() - t0:.0f} s")
@@ -122,7 +153,8 @@ def main() -> None:
         body.append([f"{r['model']} (1/{r['shards']})", r["dtype"], f"{r['params'] / 1e9:.3f}B", r["variant"],
                      f"{r['seconds'] * 1e3:.2f}", f"{fused['seconds'] / r['seconds']:.2f}x", f"{r['gbs']:.0f}",
                      f"{100 * r['gbs'] / bw:.0f}%"])
-    notes = (f"Bytes per step: 7 x params x dtype size. HBM bandwidth taken as {bw:.0f} GB/s. The default "
+    notes = (f"Bytes per step: 7 x params x dtype size (the grad norm rows: 1 x; their 'vs torch fused' column "
+             f"means nothing). HBM bandwidth taken as {bw:.0f} GB/s. The default "
              f"Triton kernel is BLOCK={defaults['BLOCK']} warps={defaults['NUM_WARPS']} iters={defaults['ITERS']}; "
              f"the trainer also reads every gradient once for the norm before this step (not timed here).")
     harness.write_results("kernels-adamw", "AdamW step: TritonAdamW vs torch fused / foreach",
