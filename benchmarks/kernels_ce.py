@@ -5,7 +5,8 @@
 
 Variants: eager (logits = h @ W.T, upcast, F.cross_entropy), compile (the same under torch.compile,
 dynamic shapes: one compile for the grid), liger (LigerFusedLinearCrossEntropyLoss), cce (Apple's
-cut-cross-entropy, its defaults incl. gradient filtering), ours (cptrain.ops.chunked_ce). A variant
+cut-cross-entropy, its defaults incl. gradient filtering), ours (cptrain.ops.chunked_ce; ours@N: its chunks
+of at most N tokens instead of the default's 512 MiB of logits). A variant
 that is not installed, or runs out of memory, is reported as such and the run goes on.
 
 floor = 6*T*H*V flops at the bf16 matmul rate measured at the start of the run (best of an
@@ -81,10 +82,11 @@ def _build(name: str):
         from cut_cross_entropy import linear_cross_entropy as cce
 
         return lambda h, w, y: cce(h, w, y, reduction="mean")
-    if name == "ours":
+    if name == "ours" or name.startswith("ours@"):  # ours@N: chunks of at most N tokens (default: 512 MiB)
         from cptrain.ops.chunked_ce import linear_cross_entropy
 
-        return lambda h, w, y: linear_cross_entropy(h, w, y, reduction="mean")
+        chunk = int(name.split("@")[1]) if "@" in name else None
+        return lambda h, w, y: linear_cross_entropy(h, w, y, reduction="mean", chunk_size=chunk)
     raise ValueError(f"--impls: unknown variant {name!r}; choose from {', '.join(IMPLS)}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import inspect
 import json
 import re
@@ -74,9 +75,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_loop(trainer, loader, accum: int, device: torch.device):
-    """One step of the trainer's loop, with host phases labelled for the profile."""
-    rf = torch.profiler.record_function
+class PhaseClock:
+    """Host phases labelled for the profile (record_function) and timed by the host clock (perf_counter):
+    with the clock alone (no profiler) the host's own cost per phase shows, e.g. whether launching a step
+    takes about as long as the device runs it."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = collections.Counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        with torch.profiler.record_function(name):
+            yield
+        self.seconds[name] += time.perf_counter() - t0
+
+
+def make_loop(trainer, loader, accum: int, device: torch.device, rf: PhaseClock):
+    """One step of the trainer's loop, with host phases labelled and timed by `rf`."""
     if hasattr(trainer, "launch_step"):
         from cptrain.looptools import Lookahead
 
@@ -190,6 +206,10 @@ def text_report(s: dict, title: str) -> str:
                  f"idle {100 * s['device_idle_frac_of_wall']:.1f}% of wall")
     lines += ["", "device idle by host phase (ms/step): " + ", ".join(
         f"{k} {v:.2f}" for k, v in s["idle_ms_per_step_by_host_phase"].items())]
+    if "unprofiled_host_ms_per_step_by_phase" in s:
+        lines += ["", f"without the profiler: wall {s['unprofiled_wall_ms_per_step']:.1f} ms/step; host time by phase "
+                  "(ms/step; finish_step is mostly waiting for the device): " + ", ".join(
+                      f"{k} {v:.2f}" for k, v in s["unprofiled_host_ms_per_step_by_phase"].items())]
     lines += ["", "| kernel family | ms/step |", "| --- | --- |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in s["device_ms_per_step_by_family"].items()]
     lines += ["", "| top kernel | calls/step | ms/step |", "| --- | --- | --- |"]
@@ -214,7 +234,8 @@ def main() -> int:
     ns = p.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
     cfg, env, args, trainer, loader, accum = build(ns.recipe, ns.overrides)
-    step, flush = make_loop(trainer, loader, accum, env.device)
+    clock = PhaseClock()
+    step, flush = make_loop(trainer, loader, accum, env.device, clock)
     for _ in range(ns.warmup):
         step()
     flush()
@@ -228,6 +249,14 @@ def main() -> int:
         flush()
         wall = time.perf_counter() - t0
     summary = summarize(prof, ns.steps, wall)
+    # the same steps again without the profiler: host time per phase, and the wall
+    clock.seconds.clear()
+    t0 = time.perf_counter()
+    for _ in range(ns.steps):
+        step()
+    flush()
+    summary["unprofiled_wall_ms_per_step"] = 1000 * (time.perf_counter() - t0) / ns.steps
+    summary["unprofiled_host_ms_per_step_by_phase"] = {k: 1000 * v / ns.steps for k, v in clock.seconds.items()}
     try:
         from torch._dynamo.utils import counters
 
