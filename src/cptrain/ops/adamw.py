@@ -59,12 +59,8 @@ class _Launch:
         addresses = [ts[k].data_ptr() for k in range(3) for ts in local] + [s.data_ptr() for s in steps]
         self.aligned = all(a % 16 == 0 for a in addresses)
         self.block, self.iters = BLOCK, ITERS  # the tables below are laid out for these
-        span = BLOCK * ITERS
-        blocks = [triton.cdiv(k, span) for k in numels]
-        n = len(numels)
-        owner = torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(blocks))
-        starts = torch.cat([torch.arange(b, dtype=torch.int64) * span for b in blocks])
-        self.n_tensors, self.n_blocks, self.numel_list = n, int(sum(blocks)), numels
+        owner, starts = block_table(numels, BLOCK * ITERS)
+        self.n_tensors, self.n_blocks, self.numel_list = len(numels), len(owner), numels
         self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
         self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
         self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
@@ -81,6 +77,15 @@ class _Launch:
             self.grad_addresses = addresses
             self.grad_ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), self.device)
             self.grads_aligned = all(a % 16 == 0 for a in addresses)
+
+
+def block_table(numels: list[int], span: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host tables for a launch over several tensors, one program per `span` elements of one tensor: the
+    tensor each block belongs to (int32) and the block's first element (int64, a multiple of `span`)."""
+    blocks = [triton.cdiv(k, span) for k in numels]
+    owner = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), torch.tensor(blocks))
+    starts = torch.cat([torch.arange(b, dtype=torch.int64) * span for b in blocks])
+    return owner, starts
 
 
 class _Plan:
