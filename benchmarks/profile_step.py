@@ -96,9 +96,7 @@ def make_loop(trainer, loader, accum: int, device: torch.device, rf: PhaseClock)
     if hasattr(trainer, "launch_step"):
         from cptrain.looptools import Lookahead
 
-        # as the run loop does: batches made by a thread where this Lookahead can
-        background = "background" in inspect.signature(Lookahead).parameters
-        feed = Lookahead(loader, accum, background=True) if background else Lookahead(loader, accum)
+        feed = Lookahead(loader, accum)
         inflight = []
         overlap = "stop_requested" in inspect.signature(trainer.launch_step).parameters
 

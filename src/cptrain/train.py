@@ -299,8 +299,7 @@ def _run(cfg: Config, env) -> dict:
     summary = {"attention": attention_path, "optimizer": optimizer_kind,
                "before": evaluate(f"step-{trainer.step}-before")}
     stop = StopFlag()
-    # batches made by a thread, so fetching (on-the-fly tokenization) never delays the next launch
-    feed = Lookahead(loader, accum, background=True, max_steps=cfg.train.steps - trainer.step)
+    feed = Lookahead(loader, accum)
     every_ckpt, every_eval = cfg.checkpoint.every_steps, cfg.eval.every_steps
 
     def at_rest(step: int) -> bool:
@@ -341,7 +340,7 @@ def _run(cfg: Config, env) -> dict:
             pending = trainer.launch_step(micro, stop_requested=stop.requested)
             t_launched = time.perf_counter()
             if trainer.step < cfg.train.steps:
-                feed.fetch()  # starts the batch thread if it has not started
+                feed.fetch()  # host work overlapping the device's
             launched = InFlight(pending, micro, t0, t_take, t_launched, time.perf_counter() - t_launched,
                                 inflight is not None)
         if inflight is None:

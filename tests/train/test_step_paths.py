@@ -6,7 +6,6 @@
 - the lookahead loader checkpoints the position after the batches trained on, not after the one held back.
 """
 
-import pytest
 import torch
 
 from cptrain.config import load_config
@@ -217,38 +216,6 @@ def test_lookahead_checkpoints_the_position_trained_on():
     feed.fetch()  # the next step's batches, fetched while the device runs this one
     assert loader.handed_out == 4 and feed.state_dict() == {"handed_out": 2}
     assert [b["n"] for b in feed.take()] == [3, 4] and feed.state_dict() == {"handed_out": 4}
-
-
-def test_background_lookahead_runs_ahead_and_checkpoints_the_position_trained_on():
-    import time
-
-    loader = _CountingLoader()
-    feed = Lookahead(loader, micro_batches_per_step=2, background=True, depth=2, max_steps=4)
-    assert feed.state_dict() == {"handed_out": 0}
-    assert [b["n"] for b in feed.take()] == [1, 2]
-    deadline = time.monotonic() + 30
-    while loader.handed_out < 8 and time.monotonic() < deadline:  # the thread makes the 3 other steps
-        time.sleep(0.01)
-    assert loader.handed_out == 8 and feed.state_dict() == {"handed_out": 2}
-    assert [b["n"] for b in feed.take()] == [3, 4] and feed.state_dict() == {"handed_out": 4}
-    assert [b["n"] for b in feed.take()] == [5, 6] and [b["n"] for b in feed.take()] == [7, 8]
-    assert feed.state_dict() == {"handed_out": 8} and loader.handed_out == 8  # never past max_steps
-    with pytest.raises(RuntimeError, match="max_steps"):
-        feed.take()
-
-
-class _FailingLoader(_CountingLoader):
-    def __next__(self):
-        if self.handed_out == 3:
-            raise ValueError("shard 7 is corrupt")
-        return super().__next__()
-
-
-def test_background_lookahead_raises_the_loaders_error_in_take():
-    feed = Lookahead(_FailingLoader(), micro_batches_per_step=2, background=True)
-    assert [b["n"] for b in feed.take()] == [1, 2]
-    with pytest.raises(ValueError, match="shard 7"):
-        feed.take()
 
 
 def single_doc_losses(attention: str, sd: dict) -> list[float]:
