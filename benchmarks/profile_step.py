@@ -154,6 +154,33 @@ def host_ops_during(cpu_ops: list[tuple[str, int, int]], gs: int, ge: int, keep:
     return [f"{n[:80]} {ms:.2f}" for n, ms in sorted(overlap.items(), key=lambda kv: -kv[1])[:keep]]
 
 
+def host_lead(events, host: list[tuple[str, int, int]], steps: int) -> dict:
+    """How far ahead of the device the host launches: for each device op, its start minus the host launch
+    call's start (matched by correlation id). Per tenth of each `launch_step` (by launch time), the
+    median and smallest lead in ms: where it nears 0 the device is waiting for the host's next launch."""
+    from torch.autograd import DeviceType
+
+    launches, device = {}, []
+    for e in events:
+        corr = e.correlation_id()
+        if not corr:
+            continue
+        if e.device_type() == DeviceType.CPU and e.name().startswith(("cuda", "cu")):
+            launches[corr] = e.start_ns()
+        elif e.device_type() == DeviceType.CUDA:
+            device.append((corr, e.start_ns()))
+    pairs = sorted((launches[c], start - launches[c]) for c, start in device if c in launches)
+    steps_ranges = sorted((s, e) for n, s, e in host if n == "cpt:launch_step")
+    tenths: list[list[float]] = [[] for _ in range(10)]
+    for s, e in steps_ranges:
+        for t, lead in pairs:
+            if s <= t <= e:
+                tenths[min(9, int(10 * (t - s) / max(1, e - s)))].append(lead / 1e6)
+    return {"device_ops_per_step": len(device) / steps, "matched": len(pairs),
+            "lead_ms_by_tenth_of_launch_step": [
+                {"median": sorted(x)[len(x) // 2], "min": min(x), "n": len(x)} if x else None for x in tenths]}
+
+
 def summarize(prof, steps: int, wall_s: float) -> dict:
     from torch.autograd import DeviceType
 
@@ -169,6 +196,10 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
     out: dict = {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps}
     if not kernels:
         return out
+    try:
+        out["host_lead"] = host_lead(prof.profiler.kineto_results.events(), host, steps)
+    except Exception as e:  # diagnostics only
+        out["host_lead_error"] = repr(e)
     span_s, span_e = min(k[1] for k in kernels), max(k[2] for k in kernels)
     busy, gaps = union_ns([(s, e) for _, s, e in kernels])
     out["device_span_ms_per_step"] = (span_e - span_s) / 1e6 / steps
@@ -210,6 +241,12 @@ def text_report(s: dict, title: str) -> str:
         lines += ["", f"without the profiler: wall {s['unprofiled_wall_ms_per_step']:.1f} ms/step; host time by phase "
                   "(ms/step; finish_step is mostly waiting for the device): " + ", ".join(
                       f"{k} {v:.2f}" for k, v in s["unprofiled_host_ms_per_step_by_phase"].items())]
+    lead = s.get("host_lead")
+    if lead:
+        lines += ["", f"host lead (device op start - its launch call), {lead['device_ops_per_step']:.0f} device ops "
+                  f"per step, by tenth of launch_step: " + ", ".join(
+                      f"{i}: med {t['median']:.1f} / min {t['min']:.2f} ms" for i, t in
+                      enumerate(lead["lead_ms_by_tenth_of_launch_step"]) if t)]
     lines += ["", "| kernel family | ms/step |", "| --- | --- |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in s["device_ms_per_step_by_family"].items()]
     lines += ["", "| top kernel | calls/step | ms/step |", "| --- | --- | --- |"]
