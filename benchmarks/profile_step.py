@@ -168,17 +168,35 @@ def host_lead(events, host: list[tuple[str, int, int]], steps: int) -> dict:
         if e.device_type() == DeviceType.CPU and e.name().startswith(("cuda", "cu")):
             launches[corr] = e.start_ns()
         elif e.device_type() == DeviceType.CUDA:
-            device.append((corr, e.start_ns()))
-    pairs = sorted((launches[c], start - launches[c]) for c, start in device if c in launches)
-    steps_ranges = sorted((s, e) for n, s, e in host if n == "cpt:launch_step")
+            device.append((corr, e.start_ns(), e.name()))
+    pairs = sorted((launches[c], start - launches[c]) for c, start, _ in device if c in launches)
+    # the ops that started within 1 ms of their launch call (the device had nothing queued before them)
+    prompt: dict[str, int] = collections.Counter(
+        name[:70] for c, start, name in device if c in launches and start - launches[c] < 1e6)
+    steps_ranges = sorted((s, e) for n, s, e in host if n == "cpt:launch_step")[1:]  # [0]: see summarize
     tenths: list[list[float]] = [[] for _ in range(10)]
     for s, e in steps_ranges:
         for t, lead in pairs:
             if s <= t <= e:
                 tenths[min(9, int(10 * (t - s) / max(1, e - s)))].append(lead / 1e6)
     return {"device_ops_per_step": len(device) / steps, "matched": len(pairs),
+            "started_within_1ms_of_launch": dict(prompt.most_common(12)),
             "lead_ms_by_tenth_of_launch_step": [
                 {"median": sorted(x)[len(x) // 2], "min": min(x), "n": len(x)} if x else None for x in tenths]}
+
+
+def first_op_of_launch(events, host: list[tuple[str, int, int]], index: int) -> int | None:
+    """Device start of the earliest op launched during the `index`-th `cpt:launch_step` (None: no match)."""
+    from torch.autograd import DeviceType
+
+    ranges = sorted((s, e) for n, s, e in host if n == "cpt:launch_step")
+    if len(ranges) <= index:
+        return None
+    lo, hi = ranges[index]
+    launched = {e.correlation_id() for e in events if e.device_type() == DeviceType.CPU and e.correlation_id()
+                and e.name().startswith(("cuda", "cu")) and lo <= e.start_ns() <= hi}
+    starts = [e.start_ns() for e in events if e.device_type() == DeviceType.CUDA and e.correlation_id() in launched]
+    return min(starts) if starts else None
 
 
 def summarize(prof, steps: int, wall_s: float) -> dict:
@@ -193,18 +211,31 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
             host.append((e.name(), e.start_ns(), e.start_ns() + e.duration_ns()))
         elif e.device_type() == DeviceType.CPU:
             cpu_ops.append((e.name(), e.start_ns(), e.start_ns() + e.duration_ns()))
-    out: dict = {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps}
+    # `steps` + 1 steps were profiled; without device events (CPU) all of them count
+    out: dict = {"steps": steps + 1, "wall_ms_per_step": 1000 * wall_s / (steps + 1)}
     if not kernels:
         return out
     try:
         out["host_lead"] = host_lead(prof.profiler.kineto_results.events(), host, steps)
     except Exception as e:  # diagnostics only
         out["host_lead_error"] = repr(e)
+    # The profiler's start slows the host through the first profiled step's launch, and the device drains
+    # its queue meanwhile (every op of that step starts within a few ms of its launch; later steps' ops wait
+    # ~120 ms in the queue). So the window counted starts where the device begins the ops launched by the
+    # second launch_step, and `steps` steps (one more was profiled) run from there to the last kernel.
+    cutoff = first_op_of_launch(prof.profiler.kineto_results.events(), host, 1)
+    if cutoff is not None:
+        kernels = [k for k in kernels if k[1] >= cutoff]
+    else:
+        steps += 1
+    out["steps"] = steps
     span_s, span_e = min(k[1] for k in kernels), max(k[2] for k in kernels)
+    wall_ns = span_e - span_s if cutoff is not None else wall_s * 1e9
+    out["wall_ms_per_step"] = wall_ns / 1e6 / steps
     busy, gaps = union_ns([(s, e) for _, s, e in kernels])
     out["device_span_ms_per_step"] = (span_e - span_s) / 1e6 / steps
     out["device_busy_ms_per_step"] = busy / 1e6 / steps
-    out["device_idle_frac_of_wall"] = 1 - busy / 1e9 / wall_s
+    out["device_idle_frac_of_wall"] = 1 - busy / wall_ns
     by_phase: dict[str, float] = collections.Counter()
     for gs, ge in gaps:
         mid = (gs + ge) // 2
@@ -247,6 +278,8 @@ def text_report(s: dict, title: str) -> str:
                   f"per step, by tenth of launch_step: " + ", ".join(
                       f"{i}: med {t['median']:.1f} / min {t['min']:.2f} ms" for i, t in
                       enumerate(lead["lead_ms_by_tenth_of_launch_step"]) if t)]
+        lines += ["", "device ops started within 1 ms of their launch (count over the profiled steps): " + "; ".join(
+            f"{k} {v}" for k, v in lead["started_within_1ms_of_launch"].items())]
     lines += ["", "| kernel family | ms/step |", "| --- | --- |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in s["device_ms_per_step_by_family"].items()]
     lines += ["", "| top kernel | calls/step | ms/step |", "| --- | --- | --- |"]
@@ -275,15 +308,13 @@ def main() -> int:
     step, flush = make_loop(trainer, loader, accum, env.device, clock)
     for _ in range(ns.warmup):
         step()
-    # no flush here: the profiled steps start with a step in flight, as in a run. Flushing first made the
-    # device wait for the host while it refilled the queue (host lead ~0 for the first launches), which
-    # these summaries used to count as per-step idle (1.7-1.9% on the Q1 step)
+    # no flush here: the profiled steps start with a step in flight, as in a run
     acts = [torch.profiler.ProfilerActivity.CPU]
     if env.device.type == "cuda":
         acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=acts) as prof:
         t0 = time.perf_counter()
-        for _ in range(ns.steps):
+        for _ in range(ns.steps + 1):  # the first is left out of the summary (see summarize)
             step()
         flush()
         wall = time.perf_counter() - t0
