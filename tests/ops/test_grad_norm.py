@@ -38,6 +38,10 @@ assert norm._tables[torch.float32].addresses == [g.data_ptr() for g in gs2 if g.
 # other sizes: a new table
 gs3 = grads([(7,), (300,)], [torch.float32, torch.float32])
 torch.testing.assert_close(norm(gs3), want(gs3), rtol=1e-6, atol=0)
+# the module's block size changing later does not break a table laid out for the old one
+grad_norm.BLOCK = 16
+torch.testing.assert_close(norm(gs3), want(gs3), rtol=1e-6, atol=0)
+grad_norm.BLOCK = 32
 # only empty tensors: 0
 assert float(norm([torch.zeros(0)])) == 0.0
 # a non-contiguous gradient is refused, naming its strides

@@ -26,8 +26,8 @@ _CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 class _Table:
     def __init__(self, numels: list[int], device: torch.device):
         self.numels_list = numels
-        self.span = BLOCK * ITERS
-        owner, starts = block_table(numels, self.span)
+        self.block, self.iters = BLOCK, ITERS  # the tables are laid out for these, whatever the module says later
+        owner, starts = block_table(numels, BLOCK * ITERS)
         self.n_blocks = len(owner)
         self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
         self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
@@ -70,8 +70,8 @@ class GradNorm:
             table.set_addresses(group)
             out = torch.empty(table.n_blocks, dtype=torch.float32, device=device)
             _sumsq_kernel[(table.n_blocks,)](table.ptrs, table.numels, table.owner, table.starts, out,
-                                             G=_CODES[dtype], ALIGNED=table.aligned, BLOCK=BLOCK, ITERS=ITERS,
-                                             num_warps=NUM_WARPS)
+                                             G=_CODES[dtype], ALIGNED=table.aligned, BLOCK=table.block,
+                                             ITERS=table.iters, num_warps=NUM_WARPS)
             partials.append(out.sum())
         if not partials:
             return torch.zeros((), dtype=torch.float32, device=device)
