@@ -44,7 +44,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 class _Launch:
     """One kernel launch: the tensors of one group with one (parameter, gradient) dtype pair. Device tables:
     `ptrs` [4, n] addresses of parameter, exp_avg, exp_avg_sq and step count (fixed while the state objects
-    are), `grad_ptrs` [n] (gradients are new tensors each step: sent again only when one moved), numels,
+    are), `grads` [n] (an AddressTable: gradients are new tensors each step), numels,
     and per program the tensor it updates and its first element."""
 
     def __init__(self, dtypes: tuple, index: list[int], local: list[tuple], steps: list[torch.Tensor],
@@ -64,19 +64,37 @@ class _Launch:
         self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
         self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
         self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
-        self.grad_addresses: list[int] = []
-        self.grad_ptrs: torch.Tensor | None = None
+        self.grads = AddressTable(device)
 
     def set_grads(self, grads: list[torch.Tensor]) -> None:
-        addresses = [g.data_ptr() for g in grads]
-        if addresses != self.grad_addresses:
-            for g, k in zip(grads, self.numel_list):
-                if not g.is_contiguous() or g.numel() != k:
-                    raise RuntimeError(f"TritonAdamW needs contiguous gradients shaped like their parameters; "
-                                       f"got {tuple(g.shape)} (strides {g.stride()}) for {k} elements")
-            self.grad_addresses = addresses
-            self.grad_ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), self.device)
-            self.grads_aligned = all(a % 16 == 0 for a in addresses)
+        self.grads.update(grads, check=self._check_grads)
+
+    def _check_grads(self, grads: list[torch.Tensor]) -> None:
+        for g, k in zip(grads, self.numel_list):
+            if not g.is_contiguous() or g.numel() != k:
+                raise RuntimeError(f"TritonAdamW needs contiguous gradients shaped like their parameters; "
+                                   f"got {tuple(g.shape)} (strides {g.stride()}) for {k} elements")
+
+
+class AddressTable:
+    """A device table of tensors' addresses (int64), sent again only when one of them moved: gradients are
+    new tensors every step, but the caching allocator mostly gives them the same addresses."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.addresses: list[int] = []
+        self.ptrs: torch.Tensor | None = None
+        self.aligned = False  # every address a multiple of 16 bytes
+
+    def update(self, tensors: list[torch.Tensor], check=None) -> None:
+        """Point the table at `tensors`; `check(tensors)` runs first, only when an address changed."""
+        addresses = [t.data_ptr() for t in tensors]
+        if addresses != self.addresses:
+            if check is not None:
+                check(tensors)
+            self.addresses = addresses
+            self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), self.device)
+            self.aligned = all(a % 16 == 0 for a in addresses)
 
 
 def block_table(numels: list[int], span: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,13 +209,13 @@ class TritonAdamW(torch.optim.AdamW):
                 launch.ptrs, launch.n_tensors, inf if inf is not None else launch.numels, HAS_INF=inf is not None,
                 BLOCK=1024)
             _adamw_kernel[(launch.n_blocks,)](
-                launch.ptrs, launch.grad_ptrs, launch.numels, launch.owner, launch.starts, launch.n_tensors,
+                launch.ptrs, launch.grads.ptrs, launch.numels, launch.owner, launch.starts, launch.n_tensors,
                 scale if scale is not None else launch.numels, inf if inf is not None else launch.numels,
                 float(group["lr"]), float(group["weight_decay"]), float(beta1), float(beta2),
                 math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
                 float(group["eps"]), P=_CODES[launch.dtypes[0]], G=_CODES[launch.dtypes[1]],
                 HAS_SCALE=scale is not None, HAS_INF=inf is not None,
-                ALIGNED=launch.aligned and launch.grads_aligned, BLOCK=launch.block, ITERS=launch.iters,
+                ALIGNED=launch.aligned and launch.grads.aligned, BLOCK=launch.block, ITERS=launch.iters,
                 num_warps=NUM_WARPS)
 
 

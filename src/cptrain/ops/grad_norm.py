@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from cptrain.ops.adamw import _to_device, block_table, triton
+from cptrain.ops.adamw import AddressTable, _to_device, block_table, triton
 
 BLOCK = 4096
 ITERS = 4
@@ -23,25 +23,17 @@ NUM_WARPS = 8
 _CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-class _Table:
+class _Table(AddressTable):
+    """The gradients of one dtype: their addresses, sizes and per-program spans."""
+
     def __init__(self, numels: list[int], device: torch.device):
+        super().__init__(device)
         self.numels_list = numels
         self.block, self.iters = BLOCK, ITERS  # the tables are laid out for these, whatever the module says later
         owner, starts = block_table(numels, BLOCK * ITERS)
         self.n_blocks = len(owner)
         self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
         self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
-        self.addresses: list[int] = []
-        self.ptrs: torch.Tensor | None = None
-        self.aligned = False
-        self.device = device
-
-    def set_addresses(self, grads: list[torch.Tensor]) -> None:
-        addresses = [g.data_ptr() for g in grads]
-        if addresses != self.addresses:
-            self.addresses = addresses
-            self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), self.device)
-            self.aligned = all(a % 16 == 0 for a in addresses)
 
 
 class GradNorm:
@@ -67,7 +59,7 @@ class GradNorm:
             table = self._tables.get(dtype)
             if table is None or table.numels_list != numels:
                 table = self._tables[dtype] = _Table(numels, device)
-            table.set_addresses(group)
+            table.update(group)
             out = torch.empty(table.n_blocks, dtype=torch.float32, device=device)
             _sumsq_kernel[(table.n_blocks,)](table.ptrs, table.numels, table.owner, table.starts, out,
                                              G=_CODES[dtype], ALIGNED=table.aligned, BLOCK=table.block,
