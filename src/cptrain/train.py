@@ -60,8 +60,10 @@ class Trainer:
         if cfg.optim.freeze:
             apply_freeze(model, cfg.optim.freeze)
         self.optimizer = build_optimizer(model, cfg.optim, device.type)
-        # with the Triton optimizer, the norm of plain-tensor gradients is Triton's too (one kernel launch)
-        self._grad_norm = GradNorm() if isinstance(self.optimizer, TritonAdamW) else None
+        # with the Triton optimizer, the norm of plain-tensor gradients is Triton's too (one kernel launch);
+        # DTensor parameters (FSDP2, TP) keep torch's norm, whose placements say what to reduce over ranks
+        plain = not any(hasattr(p, "placements") for p in model.parameters())
+        self._grad_norm = GradNorm() if plain and isinstance(self.optimizer, TritonAdamW) else None
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.train.steps)
         self.step = 0
         self.tokens_seen = 0
@@ -162,9 +164,9 @@ class Trainer:
         uses) is set to max(1, norm / max_norm), which saves a read and a write of every gradient.
         """
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if self._grad_norm is not None and grads and not any(hasattr(g, "full_tensor") for g in grads):
+        if self._grad_norm is not None and grads:
             norm = self._grad_norm(grads)
-        else:  # DTensors (FSDP2, TP): torch's norm, whose placements say what to reduce over ranks
+        else:
             norm = torch.nn.utils.get_total_norm(grads, foreach=True)
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         max_norm = self.cfg.train.max_grad_norm
