@@ -142,7 +142,6 @@ class Decoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.loss_impl = "naive"  # naive | fused_chunked
         self.attention_backend = "auto"
-        self._tied_slot: GradSlot | None = None  # set by forward for hidden_states: see _shares_tied_grad
         self._hybrid_set = False  # some Attention holds long-document spans from the last forward
         # activations' dtype; None: the embedding's. Set from outside when parameters stay fp32 (parallelize)
         self.compute_dtype: torch.dtype | None = None
@@ -174,13 +173,12 @@ class Decoder(nn.Module):
                 nn.init.ones_(module.weight)
 
     def hidden_states(self, input_ids, position_ids=None, document_ids=None, long_spans=None, cu_seqlens=None,
-                      max_seqlen=0):
+                      max_seqlen=0, tied_grad: GradSlot | None = None):
         b, s = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
-        slot, self._tied_slot = self._tied_slot, None
-        if slot is not None:  # the LM head's loss will leave its weight gradient for this lookup to add to
-            x = lookup_sharing_grad(input_ids, self.embed_tokens.weight, slot)
+        if tied_grad is not None:  # the LM head's loss leaves its weight gradient there for the lookup to add to
+            x = lookup_sharing_grad(input_ids, self.embed_tokens.weight, tied_grad)
         else:
             x = self.embed_tokens(input_ids)
         if self.compute_dtype is not None:
@@ -262,8 +260,7 @@ class Decoder(nn.Module):
         `cu_seqlens` / `max_seqlen`: the rows' document offsets (ops.varlen.cu_seqlens_from_documents, host) and
         `varlen_max_bucket` of them, for the varlen path; found from `document_ids` when not given."""
         slot = GradSlot() if labels is not None and self._shares_tied_grad() else None
-        self._tied_slot = slot
-        h = self.hidden_states(input_ids, position_ids, document_ids, long_spans, cu_seqlens, max_seqlen)
+        h = self.hidden_states(input_ids, position_ids, document_ids, long_spans, cu_seqlens, max_seqlen, slot)
         if labels is None:
             return self.lm_head(h)
         if self.loss_impl == "fused_chunked":
