@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from cptrain.ops.adamw import AddressTable, _to_device, block_table, triton
+from cptrain.ops.adamw import _CODES, AddressTable, _to_device, block_table, triton
 
 BLOCK = 4096
 ITERS = 4
 NUM_WARPS = 8
-_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 class _Table(AddressTable):
