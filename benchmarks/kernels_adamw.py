@@ -50,23 +50,29 @@ def shard_params(model: str, dtype: torch.dtype, shards: int) -> tuple[list[dict
     return out, total
 
 
+def cuda_seconds(fn, warmup: int, repeats: int) -> float:
+    """Median seconds of `fn()` between CUDA events, after `warmup` untimed calls."""
+    times = []
+    for i in range(warmup + repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end) / 1e3)
+    return harness.median(times)
+
+
 def time_variant(groups: list[dict], make, warmup: int, repeats: int) -> float:
     opt = make(groups)
     scale = torch.tensor(1.5, device="cuda")
     if folds_clip_and_skip(opt):  # as the trainer does: the clip divisor read on the device
         opt.grad_scale = scale
-    times = []
-    for i in range(warmup + repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        opt.step()
-        end.record()
-        end.synchronize()
-        if i >= warmup:
-            times.append(start.elapsed_time(end) / 1e3)
+    seconds = cuda_seconds(opt.step, warmup, repeats)
     del opt
     torch.cuda.empty_cache()
-    return harness.median(times)
+    return seconds
 
 
 def time_norms(groups: list[dict], warmup: int, repeats: int) -> dict[str, float]:
@@ -79,19 +85,7 @@ def time_norms(groups: list[dict], warmup: int, repeats: int) -> dict[str, float
     values = [float(fn()) for fn in norms.values()]
     if abs(values[0] - values[1]) > 1e-3 * abs(values[0]):
         raise SystemExit(f"grad norms differ: torch {values[0]} vs triton {values[1]}")
-    out = {}
-    for name, fn in norms.items():
-        times = []
-        for i in range(warmup + repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            if i >= warmup:
-                times.append(start.elapsed_time(end) / 1e3)
-        out[name] = harness.median(times)
-    return out
+    return {name: cuda_seconds(fn, warmup, repeats) for name, fn in norms.items()}
 
 
 def variants(configs: list[tuple[int, int, int]]):
