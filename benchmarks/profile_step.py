@@ -154,10 +154,8 @@ def host_ops_during(cpu_ops: list[tuple[str, int, int]], gs: int, ge: int, keep:
     return [f"{n[:80]} {ms:.2f}" for n, ms in sorted(overlap.items(), key=lambda kv: -kv[1])[:keep]]
 
 
-def host_lead(events, host: list[tuple[str, int, int]], steps: int) -> dict:
-    """How far ahead of the device the host launches: for each device op, its start minus the host launch
-    call's start (matched by correlation id). Per tenth of each `launch_step` (by launch time), the
-    median and smallest lead in ms: where it nears 0 the device is waiting for the host's next launch."""
+def launched_ops(events) -> list[tuple[int, int, str]]:
+    """(start of the host's launch call, device start, name) of each device op, matched by correlation id."""
     from torch.autograd import DeviceType
 
     launches, device = {}, []
@@ -169,33 +167,36 @@ def host_lead(events, host: list[tuple[str, int, int]], steps: int) -> dict:
             launches[corr] = e.start_ns()
         elif e.device_type() == DeviceType.CUDA:
             device.append((corr, e.start_ns(), e.name()))
-    pairs = sorted((launches[c], start - launches[c]) for c, start, _ in device if c in launches)
+    return sorted((launches[c], start, name) for c, start, name in device if c in launches)
+
+
+def launch_ranges(host: list[tuple[str, int, int]]) -> list[tuple[int, int]]:
+    return sorted((s, e) for n, s, e in host if n == "cpt:launch_step")
+
+
+def host_lead(ops: list[tuple[int, int, str]], host: list[tuple[str, int, int]], steps: int) -> dict:
+    """How far ahead of the device the host launches: for each device op, its start minus its launch call's
+    start. Per tenth of each `launch_step` but the first (see summarize), by launch time, the median and
+    smallest lead in ms: where it nears 0 the device is waiting for the host's next launch."""
     # the ops that started within 1 ms of their launch call (the device had nothing queued before them)
-    prompt: dict[str, int] = collections.Counter(
-        name[:70] for c, start, name in device if c in launches and start - launches[c] < 1e6)
-    steps_ranges = sorted((s, e) for n, s, e in host if n == "cpt:launch_step")[1:]  # [0]: see summarize
+    prompt: dict[str, int] = collections.Counter(name[:70] for t, start, name in ops if start - t < 1e6)
     tenths: list[list[float]] = [[] for _ in range(10)]
-    for s, e in steps_ranges:
-        for t, lead in pairs:
+    for s, e in launch_ranges(host)[1:]:
+        for t, start, _ in ops:
             if s <= t <= e:
-                tenths[min(9, int(10 * (t - s) / max(1, e - s)))].append(lead / 1e6)
-    return {"device_ops_per_step": len(device) / steps, "matched": len(pairs),
-            "started_within_1ms_of_launch": dict(prompt.most_common(12)),
+                tenths[min(9, int(10 * (t - s) / max(1, e - s)))].append((start - t) / 1e6)
+    return {"device_ops_per_step": len(ops) / (steps + 1), "started_within_1ms_of_launch": dict(prompt.most_common(12)),
             "lead_ms_by_tenth_of_launch_step": [
                 {"median": sorted(x)[len(x) // 2], "min": min(x), "n": len(x)} if x else None for x in tenths]}
 
 
-def first_op_of_launch(events, host: list[tuple[str, int, int]], index: int) -> int | None:
+def first_op_of_launch(ops: list[tuple[int, int, str]], host: list[tuple[str, int, int]], index: int) -> int | None:
     """Device start of the earliest op launched during the `index`-th `cpt:launch_step` (None: no match)."""
-    from torch.autograd import DeviceType
-
-    ranges = sorted((s, e) for n, s, e in host if n == "cpt:launch_step")
+    ranges = launch_ranges(host)
     if len(ranges) <= index:
         return None
     lo, hi = ranges[index]
-    launched = {e.correlation_id() for e in events if e.device_type() == DeviceType.CPU and e.correlation_id()
-                and e.name().startswith(("cuda", "cu")) and lo <= e.start_ns() <= hi}
-    starts = [e.start_ns() for e in events if e.device_type() == DeviceType.CUDA and e.correlation_id() in launched]
+    starts = [start for t, start, _ in ops if lo <= t <= hi]
     return min(starts) if starts else None
 
 
@@ -215,15 +216,13 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
     out: dict = {"steps": steps + 1, "wall_ms_per_step": 1000 * wall_s / (steps + 1)}
     if not kernels:
         return out
-    try:
-        out["host_lead"] = host_lead(prof.profiler.kineto_results.events(), host, steps)
-    except Exception as e:  # diagnostics only
-        out["host_lead_error"] = repr(e)
+    ops = launched_ops(prof.profiler.kineto_results.events())
+    out["host_lead"] = host_lead(ops, host, steps)
     # The profiler's start slows the host through the first profiled step's launch, and the device drains
     # its queue meanwhile (every op of that step starts within a few ms of its launch; later steps' ops wait
     # ~120 ms in the queue). So the window counted starts where the device begins the ops launched by the
     # second launch_step, and `steps` steps (one more was profiled) run from there to the last kernel.
-    cutoff = first_op_of_launch(prof.profiler.kineto_results.events(), host, 1)
+    cutoff = first_op_of_launch(ops, host, 1)
     if cutoff is not None:
         kernels = [k for k in kernels if k[1] >= cutoff]
     else:
