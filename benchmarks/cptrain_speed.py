@@ -38,7 +38,6 @@ VARIANTS = [
     ("new-w2", "new", "run", ["data.num_workers=2"], "new + 2 loader worker processes"),
     ("new-again", "new", "run", [], "repeat of new: run-to-run spread"),
     ("base-again", "base", "run", [], "repeat of base: run-to-run spread"),
-    ("new-torchnorm", "new", "run", ["model.rms_norm=torch"], "new with inductor's RMSNorm instead of the Triton one"),
     ("mid", "mid", "run", [], "an intermediate version (--mid-src), to attribute one change"),
 ]
 

@@ -6,8 +6,7 @@
 Variants: eager (logits = h @ W.T, upcast, F.cross_entropy), compile (the same under torch.compile,
 dynamic shapes: one compile for the grid), liger (LigerFusedLinearCrossEntropyLoss), cce (Apple's
 cut-cross-entropy, its defaults incl. gradient filtering), ours (cptrain.ops.chunked_ce; ours@N: its chunks
-of at most N tokens instead of the default's 512 MiB of logits; ours-2k: statistics and gradient of each
-chunk in two Triton kernels instead of one). A variant
+of at most N tokens instead of the default's 512 MiB of logits). A variant
 that is not installed, or runs out of memory, is reported as such and the run goes on.
 
 floor = 6*T*H*V flops at the bf16 matmul rate measured at the start of the run (best of an
@@ -83,19 +82,11 @@ def _build(name: str):
         from cut_cross_entropy import linear_cross_entropy as cce
 
         return lambda h, w, y: cce(h, w, y, reduction="mean")
-    if name.startswith("ours"):  # ours@N: chunks of at most N tokens (default: 512 MiB); ours-2k: two kernels
-        from cptrain.ops import chunked_ce
+    if name == "ours" or name.startswith("ours@"):  # ours@N: chunks of at most N tokens (default: 512 MiB)
+        from cptrain.ops.chunked_ce import linear_cross_entropy
 
         chunk = int(name.split("@")[1]) if "@" in name else None
-        one_kernel = not name.startswith("ours-2k")
-
-        def ours(h, w, y):
-            chunked_ce.ONE_KERNEL = one_kernel
-            try:
-                return chunked_ce.linear_cross_entropy(h, w, y, reduction="mean", chunk_size=chunk)
-            finally:
-                chunked_ce.ONE_KERNEL = True
-        return ours
+        return lambda h, w, y: linear_cross_entropy(h, w, y, reduction="mean", chunk_size=chunk)
     raise ValueError(f"--impls: unknown variant {name!r}; choose from {', '.join(IMPLS)}")
 
 
@@ -174,13 +165,6 @@ def _breakdown_one(rows: int, hidden: int, vocab: int) -> list[dict]:
     lse, _ = triton_ce.row_stats(logits, y, 0, -100, None)
     coef = torch.full((rows,), 1.0 / rows, device="cuda")
     nbytes = logits.numel() * logits.element_size()
-    scale = torch.full((rows,), 1.0 / rows, device="cuda")
-    for per_sm, block, warps in [(1, 8192, 16), (2, 8192, 16), (4, 8192, 16), (1, 4096, 8), (2, 4096, 8)]:
-        # read once from HBM, once more (from L2 when it holds the rows in flight), written once
-        ms = _time_ms(functools.partial(triton_ce.stats_and_grad_, logits, y, scale, 0, 0.0, None, per_sm,
-                                        block, warps))
-        out.append({"hidden": hidden, "step": f"stats_and_grad {per_sm}/SM {block}/{warps}w", "ms": ms,
-                    "gbps": 2 * nbytes / ms / 1e6})
     for block, warps in [(1024, 4), (2048, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]:
         ms = _time_ms(functools.partial(triton_ce.row_stats, logits, y, 0, -100, None, block, warps))
         out.append({"hidden": hidden, "step": f"row_stats {block}/{warps}w", "ms": ms,

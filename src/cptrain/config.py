@@ -36,9 +36,6 @@ class ModelConfig:
     long_doc_min_tokens: int = 0  # 0: off (hybrid without it uses HYBRID_MIN_DOC_TOKENS)
     loss: Literal["naive", "fused_chunked"] = "fused_chunked"
     tiled_mlp: str = "off"  # off | auto | N tiles
-    # auto: RMSNorm (with the residual add before the MLP's norm) in Triton on CUDA (ops/rmsnorm.py), eager
-    # math elsewhere; torch: eager math everywhere (inductor fuses it under model.compile); triton: the kernels
-    rms_norm: Literal["auto", "torch", "triton"] = "auto"
     activation_checkpointing: Literal["none", "full"] = "none"
     compile: bool = False
 

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from cptrain.config import ModelConfig, PrecisionConfig
 from cptrain.configtools import ConfigError
-from cptrain.models.decoder import Decoder, RMSNorm
+from cptrain.models.decoder import Decoder
 from cptrain.models.presets import ModelArgs, get_preset
 from cptrain.parallel.parallelize import DTYPES, parallelize, param_dtype_for, uses_fsdp
 
@@ -30,12 +30,9 @@ def model_args(cfg: ModelConfig) -> ModelArgs:
 
 
 def configure(model: Decoder, cfg: ModelConfig, seq_len: int, micro_batch_size: int) -> None:
-    """Kernel choices that live on the modules: loss, attention backend, RMSNorm, MLP tiling."""
+    """Kernel choices that live on the modules: loss, attention backend, MLP tiling."""
     model.loss_impl = cfg.loss
     model.set_attention_backend(cfg.attention)
-    for module in model.modules():
-        if isinstance(module, RMSNorm):
-            module.impl = cfg.rms_norm
     if cfg.tiled_mlp != "off":
         from cptrain.ops.tiled_mlp import resolve_num_tiles
 
@@ -68,17 +65,6 @@ def check_attention(cfg: ModelConfig, args: ModelArgs, device: torch.device) -> 
                           "takes (a multiple of 8 up to 128); use 'auto'")
 
 
-def check_rms_norm(cfg: ModelConfig, device: torch.device) -> None:
-    """`model.rms_norm = "triton"` needs the kernels to run on `device` (CUDA with Triton, or the interpreter)."""
-    if cfg.rms_norm != "triton":
-        return
-    from cptrain.ops import rmsnorm
-
-    if rmsnorm.triton is None or not (device.type == "cuda" or rmsnorm.interpreting()):
-        raise ConfigError(f"model.rms_norm = 'triton' needs a CUDA device with triton installed (got {device.type}); "
-                          "use 'auto' (Triton on CUDA, eager math elsewhere) or 'torch'")
-
-
 def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torch.device, *, seq_len: int,
                 micro_batch_size: int, full_state_dict: dict | None = None,
                 use_state_dict: bool = False, fsdp: str = "auto", reshard_after_forward: bool = True) -> Decoder:
@@ -86,7 +72,6 @@ def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torc
     every rank), weights come from rank 0's `full_state_dict` instead of `model.init`."""
     args = model_args(cfg)
     check_attention(cfg, args, device)
-    check_rms_norm(cfg, device)
     if device.type == "cuda" and cfg.attention in ("auto", "sdpa"):
         from cptrain.ops.attention import prefer_cudnn_sdpa
 

@@ -13,7 +13,6 @@ from torch import nn
 
 from cptrain.models.presets import ModelArgs
 from cptrain.models.rope import apply_rope, rope_cos_sin, rope_frequencies
-from cptrain.ops import rmsnorm as rmsnorm_ops
 from cptrain.ops.attention import attention, flex_block_mask, hybrid_attention
 from cptrain.ops.tied_grad import GradSlot, lookup_sharing_grad
 from cptrain.ops.varlen import cu_seqlens_from_documents, flash_supports, varlen_attention
@@ -38,36 +37,16 @@ class Linear(nn.Linear):
 
 
 class RMSNorm(nn.Module):
-    """Normalise in fp32 like HF, multiply by the weight in the input dtype. `forward(x, delta)` adds the
-    residual first and returns (x + delta, norm(x + delta)). `impl` (model.rms_norm): "auto" runs the Triton
-    kernels (ops/rmsnorm.py, same rounding) on CUDA, "torch" the eager math that inductor fuses, "triton"
-    the kernels wherever they run (also under TRITON_INTERPRET=1)."""
-
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-        self.impl = "auto"
 
-    def _kernels(self, x: torch.Tensor) -> bool:
-        if self.impl == "torch" or hasattr(self.weight, "placements"):  # DTensor weights: eager math
-            return False
-        if self.impl == "triton":
-            if not rmsnorm_ops.triton_runs(x):
-                raise RuntimeError(f"model.rms_norm = 'triton' cannot run on a {x.device.type} {x.dtype} input "
-                                   f"with rows of {x.shape[-1]}; use 'auto'")
-            return True
-        return x.is_cuda and rmsnorm_ops.triton_runs(x)
-
-    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None):
-        if self._kernels(x):
-            if delta is None:
-                return rmsnorm_ops.rms_norm(x, self.weight, self.eps)
-            return rmsnorm_ops.add_rms_norm(x, delta, self.weight, self.eps)
-        if delta is None:
-            return rmsnorm_ops.reference(x, self.weight, self.eps)
-        x = x + delta
-        return x, rmsnorm_ops.reference(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32 like HF, multiply by the weight in the input dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight.to(x.dtype) * xf.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -125,22 +104,12 @@ class MLP(nn.Module):
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The MLP of x, plus `residual` when given: then the down projection adds it in its matmul's
-        epilogue (addmm), one tensor pass fewer than a separate add (plain weights; TP's go through the add)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_tiles > 1:
             from cptrain.ops.tiled_mlp import tiled_mlp
 
-            out = tiled_mlp(self.swiglu, x, self.num_tiles, list(self.parameters()))
-            return out if residual is None else residual + out
-        w = self.down_proj.weight
-        if residual is None or hasattr(w, "placements"):
-            out = self.swiglu(x)
-            return out if residual is None else residual + out
-        act = F.silu(self.gate_proj(x)) * self.up_proj(x)
-        out = torch.addmm(residual.reshape(-1, residual.shape[-1]), act.reshape(-1, act.shape[-1]),
-                          w.to(act.dtype).t())
-        return out.view(residual.shape)
+            return tiled_mlp(self.swiglu, x, self.num_tiles, list(self.parameters()))
+        return self.swiglu(x)
 
 
 class Block(nn.Module):
@@ -152,9 +121,8 @@ class Block(nn.Module):
         self.mlp = MLP(args)
 
     def forward(self, x, cos, sin, document_ids=None, block_mask=None, varlen=None):
-        attn = self.self_attn(self.input_layernorm(x), cos, sin, document_ids, block_mask, varlen)
-        x, normed = self.post_attention_layernorm(x, attn)  # the residual add and the norm in one pass
-        return self.mlp(normed, residual=x)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, document_ids, block_mask, varlen)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Decoder(nn.Module):

@@ -34,9 +34,6 @@ import torch.distributed as dist
 # the triton path keeps one [chunk, V] buffer in the input dtype; the torch path holds about four fp32 ones
 _LOGITS_BUDGET_BYTES = 512 * 2**20
 _TORCH_PATH_BYTES_PER_LOGIT = 16
-# Triton path on one rank: statistics and gradient of a chunk in one kernel (triton_ce.stats_and_grad_)
-# instead of two; False runs the two (what vocabulary-parallel ranks always do). A switch for benchmarks.
-ONE_KERNEL = True
 
 
 @dataclass(frozen=True)
@@ -167,13 +164,7 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
             logits = torch.mm(h, weight.t(), out=buffer[: end - start])
         else:
             logits = h @ weight.t()
-        one_kernel = need_grads and opts.use_triton and group is None and ONE_KERNEL
-        if one_kernel:  # statistics and gradient in one Triton kernel, the logits read once from HBM
-            from cptrain.ops.triton_ce import stats_and_grad_
-
-            lse, target = stats_and_grad_(logits, y, scale, vocab_start, opts.z_loss, opts.softcap)
-        else:
-            lse, target = _row_stats(logits, y, vocab_start, opts)
+        lse, target = _row_stats(logits, y, vocab_start, opts)
         if group is not None:
             lse, target = _combine_over_vocab(lse, target, group)
         row_loss = lse - target
@@ -182,11 +173,8 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         total += torch.where(valid[start:end], row_loss, 0.0).sum()
         if not need_grads:
             continue
-        if one_kernel:
-            grad_logits = logits
-        else:
-            coef = scale * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else scale
-            grad_logits = _logits_grad(logits, y, lse, coef, scale, vocab_start, opts)
+        coef = scale * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else scale
+        grad_logits = _logits_grad(logits, y, lse, coef, scale, vocab_start, opts)
         if grad_hidden is not None:
             torch.mm(grad_logits, weight, out=grad_hidden[start:end])
         if grad_weight is not None:

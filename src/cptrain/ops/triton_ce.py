@@ -76,48 +76,6 @@ def _logits_grad_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, coef_ptr, s
         tl.store(base + offs, grad.to(logits_ptr.dtype.element_ty), mask=inside)
 
 
-@triton.jit
-def _stats_grad_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, lse_ptr, target_ptr, n_rows, vocab_start,
-                       z_loss, softcap, n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
-                       ITERS: tl.constexpr):
-    # both passes in one program per row, rows strided over a grid of a few programs per SM: the second
-    # read of a row finds it in L2 while few rows are in flight (the two-kernel path reads it from HBM twice)
-    for i in range(ITERS):
-        row = (i * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
-        live = row < n_rows
-        base = logits_ptr + row * stride_row
-        running_max = float("-inf")
-        running_sum = 0.0
-        for start in range(0, n_cols, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            inside = (offs < n_cols) & live
-            x = tl.load(base + offs, mask=inside, other=0.0).to(tl.float32)
-            x = tl.where(inside, _softcapped(x, softcap, HAS_SOFTCAP), float("-inf"))
-            new_max = tl.maximum(running_max, tl.max(x, 0))
-            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), 0)
-            running_max = new_max
-        lse = running_max + tl.log(running_sum)
-        label = tl.load(labels_ptr + row, mask=live, other=0)
-        local = label - vocab_start
-        hit = live & (local >= 0) & (local < n_cols) & (tl.load(scale_ptr + row, mask=live, other=0.0) != 0.0)
-        target = tl.load(base + local, mask=hit, other=0.0).to(tl.float32)
-        target = tl.where(hit, _softcapped(target, softcap, HAS_SOFTCAP), 0.0)
-        tl.store(lse_ptr + row, lse, mask=live)
-        tl.store(target_ptr + row, target, mask=live)
-        scale = tl.load(scale_ptr + row, mask=live, other=0.0)
-        coef = scale * (1.0 + 2.0 * z_loss * lse)
-        for start in range(0, n_cols, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            inside = (offs < n_cols) & live
-            x = tl.load(base + offs, mask=inside, other=0.0).to(tl.float32)
-            z = _softcapped(x, softcap, HAS_SOFTCAP)
-            grad = coef * tl.exp(z - lse) - tl.where(offs == local, scale, 0.0)
-            if HAS_SOFTCAP:
-                t = z / softcap
-                grad = grad * (1.0 - t * t)
-            tl.store(base + offs, grad.to(logits_ptr.dtype.element_ty), mask=inside)
-
-
 def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.ndim != 2 or logits.stride(1) != 1 or labels.shape != logits.shape[:1]:
         raise ValueError(f"expected row-major logits [rows, V] and labels [rows], got {tuple(logits.shape)} "
@@ -151,34 +109,6 @@ def logits_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, 
                                      float(softcap or 1.0), n_cols=n_cols, HAS_SOFTCAP=softcap is not None,
                                      BLOCK=block, num_warps=num_warps)
     return logits
-
-
-def stats_and_grad_(logits: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, vocab_start: int,
-                    z_loss: float, softcap: float | None, programs_per_sm: int | None = None,
-                    block: int = _BLOCK, num_warps: int = _NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """`row_stats` and `logits_grad_` in one kernel (coef = scale * (1 + 2 z_loss lse)): overwrites `logits`
-    with the gradient and returns (lse, target). The target logit is 0 on rows whose scale is 0 (ignored);
-    the loss masks those rows anyway. Only for the whole vocabulary on one rank (TP combines the stats first)."""
-    _check(logits, labels)
-    rows, n_cols = logits.shape
-    lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    target = torch.empty_like(lse)
-    if rows:
-        grid = min(rows, _sm_count(logits.device) * (programs_per_sm or PROGRAMS_PER_SM))
-        _stats_grad_kernel[(grid,)](logits, logits.stride(0), labels, scale, lse, target, rows, vocab_start,
-                                    float(z_loss), float(softcap or 1.0), n_cols=n_cols,
-                                    HAS_SOFTCAP=softcap is not None, BLOCK=block, ITERS=triton.cdiv(rows, grid),
-                                    num_warps=num_warps)
-    return lse, target
-
-
-PROGRAMS_PER_SM = 1  # rows in flight: 1 per SM keeps 132 x 250 KB (V = 128K, bf16) within an H100's 50 MB L2
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 2
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @triton.jit
