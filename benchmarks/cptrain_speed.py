@@ -38,6 +38,10 @@ VARIANTS = [
     ("new-w2", "new", "run", ["data.num_workers=2"], "new + 2 loader worker processes"),
     ("new-again", "new", "run", [], "repeat of new: run-to-run spread"),
     ("base-again", "base", "run", [], "repeat of base: run-to-run spread"),
+    ("new-autotune", "new", "run", ["env:TORCHINDUCTOR_MAX_AUTOTUNE=1"],
+     "new with inductor's max-autotune: Triton GEMM templates against cuBLAS per shape, epilogue fusion"),
+    ("new-cdtune", "new", "run", ["env:TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1"],
+     "new with inductor's coordinate-descent tuning of its pointwise/reduction kernels"),
     ("mid", "mid", "run", [], "an intermediate version (--mid-src), to attribute one change"),
 ]
 
@@ -46,7 +50,11 @@ def run_one(name: str, code: str, kind: str, overrides: list[str], ns, work: Pat
     src = {"base": ns.base_src, "mid": ns.mid_src}.get(code) or harness.REPO / "src"
     # the chosen src/ first; keep the rest of PYTHONPATH (the carried wheels) but never this checkout's src/
     rest = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and Path(x) != harness.REPO / "src"]
-    env = harness.peer_env({"PYTHONPATH": os.pathsep.join([str(src), str(harness.REPO / "benchmarks"), *rest])})
+    # "env:NAME=VALUE" overrides set an environment variable of the run instead of a config key
+    env_vars = dict(o[4:].split("=", 1) for o in overrides if o.startswith("env:"))
+    overrides = [o for o in overrides if not o.startswith("env:")]
+    env = harness.peer_env({"PYTHONPATH": os.pathsep.join([str(src), str(harness.REPO / "benchmarks"), *rest]),
+                            **env_vars})
     run_dir = work / name
     extra = [*SHAPE, *ns.extra, *overrides]
     if kind == "profile":
@@ -57,7 +65,8 @@ def run_one(name: str, code: str, kind: str, overrides: list[str], ns, work: Pat
         cmd = cptrain_peer.command(RECIPE, run_dir, ns.warmup + ns.steps, 1, extra)
     t0 = time.monotonic()
     rc, tail = harness.run_logged(cmd, work / f"{name}.log", ns.timeout_s, env=env)
-    row = {"variant": name, "code": code, "kind": kind, "overrides": " ".join(overrides), "rc": rc,
+    row = {"variant": name, "code": code, "kind": kind,
+           "overrides": " ".join([*(f"{k}={v}" for k, v in env_vars.items()), *overrides]), "rc": rc,
            "wall_s": round(time.monotonic() - t0, 1), "command": shlex.join(cmd)}
     if kind == "profile":
         path = work / f"{name}-summary.json"
