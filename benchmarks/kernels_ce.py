@@ -6,7 +6,8 @@
 Variants: eager (logits = h @ W.T, upcast, F.cross_entropy), compile (the same under torch.compile,
 dynamic shapes: one compile for the grid), liger (LigerFusedLinearCrossEntropyLoss), cce (Apple's
 cut-cross-entropy, its defaults incl. gradient filtering), ours (cptrain.ops.chunked_ce; ours@N: its chunks
-of at most N tokens instead of the default's 512 MiB of logits). A variant
+of at most N tokens instead of the default's ~512 MiB of logits; ours/M: chunk rows in steps of M instead
+of chunked_ce.ROW_MULTIPLE). A variant
 that is not installed, or runs out of memory, is reported as such and the run goes on.
 
 floor = 6*T*H*V flops at the bf16 matmul rate measured at the start of the run (best of an
@@ -82,11 +83,20 @@ def _build(name: str):
         from cut_cross_entropy import linear_cross_entropy as cce
 
         return lambda h, w, y: cce(h, w, y, reduction="mean")
-    if name == "ours" or name.startswith("ours@"):  # ours@N: chunks of at most N tokens (default: 512 MiB)
-        from cptrain.ops.chunked_ce import linear_cross_entropy
+    if name.startswith("ours"):  # ours@N: chunks of at most N tokens (default: ~512 MiB); ours/M: rows in steps of M
+        from cptrain.ops import chunked_ce
 
-        chunk = int(name.split("@")[1]) if "@" in name else None
-        return lambda h, w, y: linear_cross_entropy(h, w, y, reduction="mean", chunk_size=chunk)
+        base, _, multiple = name.partition("/")
+        chunk = int(base.split("@")[1]) if "@" in base else None
+        multiple = int(multiple) if multiple else chunked_ce.ROW_MULTIPLE
+
+        def ours(h, w, y):
+            default, chunked_ce.ROW_MULTIPLE = chunked_ce.ROW_MULTIPLE, multiple
+            try:
+                return chunked_ce.linear_cross_entropy(h, w, y, reduction="mean", chunk_size=chunk)
+            finally:
+                chunked_ce.ROW_MULTIPLE = default
+        return ours
     raise ValueError(f"--impls: unknown variant {name!r}; choose from {', '.join(IMPLS)}")
 
 

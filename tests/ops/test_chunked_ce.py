@@ -181,3 +181,19 @@ print("ok")
 
 def test_triton_kernels_match_torch_path_in_interpreter():
     assert_interpreted_ok(_INTERPRETED)
+
+
+def test_chunk_rows_are_whole_matmul_tiles():
+    from cptrain.ops.chunked_ce import _chunk_rows, default_chunk_size
+
+    # ~512 MiB of bf16 logits, in steps of 256 rows (H100's matmul row tiles)
+    assert default_chunk_size(128256, 2) == 2048
+    assert default_chunk_size(151936, 2) == 1792  # 1766 rows fit the budget; 1664 left tiles half empty
+    assert default_chunk_size(49152, 2) == 5376
+    assert default_chunk_size(10**7, 2) == 256  # never fewer than one step
+    # equal chunks, rounded up to a step, never above chunk_size or the tokens
+    assert _chunk_rows(8192, 1792) == 1792  # 4 x 1792 + 1024
+    assert _chunk_rows(8192, 5376) == 4096
+    assert _chunk_rows(8192, 2048) == 2048
+    assert _chunk_rows(37, 64) == 37
+    assert _chunk_rows(100, 7) == 7
