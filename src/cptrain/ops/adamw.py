@@ -44,8 +44,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 class _Launch:
     """One kernel launch: the tensors of one group with one (parameter, gradient) dtype pair. Device tables:
     `ptrs` [4, n] addresses of parameter, exp_avg, exp_avg_sq and step count (fixed while the state objects
-    are), `grads` [n] (an AddressTable: gradients are new tensors each step), numels,
-    and per program the tensor it updates and its first element."""
+    are), `grads` [n] (an AddressTable: gradients are new tensors each step), and `blocks` (a BlockTable:
+    numels, and per program the tensor it updates and its first element)."""
 
     def __init__(self, dtypes: tuple, index: list[int], local: list[tuple], steps: list[torch.Tensor],
                  device: torch.device):
@@ -58,19 +58,16 @@ class _Launch:
                                    f"dtype; got {tuple(p.shape)} {p.dtype}, moments {m.dtype}, {v.dtype}")
         addresses = [ts[k].data_ptr() for k in range(3) for ts in local] + [s.data_ptr() for s in steps]
         self.aligned = all(a % 16 == 0 for a in addresses)
-        self.block, self.iters = BLOCK, ITERS  # the tables below are laid out for these
-        owner, starts = block_table(numels, BLOCK * ITERS)
-        self.n_tensors, self.n_blocks, self.numel_list = len(numels), len(owner), numels
+        self.blocks = BlockTable(numels, BLOCK, ITERS, device)
+        self.n_tensors = len(numels)
         self.ptrs = _to_device(torch.tensor(addresses, dtype=torch.int64), device)
-        self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
-        self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
         self.grads = AddressTable(device)
 
     def set_grads(self, grads: list[torch.Tensor]) -> None:
         self.grads.update(grads, check=self._check_grads)
 
     def _check_grads(self, grads: list[torch.Tensor]) -> None:
-        for g, k in zip(grads, self.numel_list):
+        for g, k in zip(grads, self.blocks.numel_list):
             if not g.is_contiguous() or g.numel() != k:
                 raise RuntimeError(f"TritonAdamW needs contiguous gradients shaped like their parameters; "
                                    f"got {tuple(g.shape)} (strides {g.stride()}) for {k} elements")
@@ -97,13 +94,20 @@ class AddressTable:
             self.aligned = all(a % 16 == 0 for a in addresses)
 
 
-def block_table(numels: list[int], span: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Host tables for a launch over several tensors, one program per `span` elements of one tensor: the
-    tensor each block belongs to (int32) and the block's first element (int64, a multiple of `span`)."""
-    blocks = [triton.cdiv(k, span) for k in numels]
-    owner = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), torch.tensor(blocks))
-    starts = torch.cat([torch.arange(b, dtype=torch.int64) * span for b in blocks])
-    return owner, starts
+class BlockTable:
+    """Device tables of one launch over several tensors, one program per `block * iters` elements of one
+    tensor: `numels` (int64), `owner` (the tensor of each program, int32), `starts` (its first element,
+    int64); `n_blocks` programs. Keeps the block and iters it was laid out for, which the launch must pass."""
+
+    def __init__(self, numels: list[int], block: int, iters: int, device: torch.device):
+        self.numel_list, self.block, self.iters = numels, block, iters
+        span = block * iters
+        counts = [triton.cdiv(k, span) for k in numels]
+        owner = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), torch.tensor(counts))
+        starts = torch.cat([torch.arange(c, dtype=torch.int64) * span for c in counts])
+        self.n_blocks = len(owner)
+        self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
+        self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
 
 
 class _Plan:
@@ -205,17 +209,18 @@ class TritonAdamW(torch.optim.AdamW):
         for launch in plan.launches:
             launch.set_grads([_local(plan.params[i].grad) for i in launch.index])
             # step counts += 1 (0 on a skipped step) by a kernel: torch's foreach add of a device scalar syncs
+            blocks = launch.blocks
             _count_kernel[(triton.cdiv(launch.n_tensors, 1024),)](
-                launch.ptrs, launch.n_tensors, inf if inf is not None else launch.numels, HAS_INF=inf is not None,
+                launch.ptrs, launch.n_tensors, inf if inf is not None else blocks.numels, HAS_INF=inf is not None,
                 BLOCK=1024)
-            _adamw_kernel[(launch.n_blocks,)](
-                launch.ptrs, launch.grads.ptrs, launch.numels, launch.owner, launch.starts, launch.n_tensors,
-                scale if scale is not None else launch.numels, inf if inf is not None else launch.numels,
+            _adamw_kernel[(blocks.n_blocks,)](
+                launch.ptrs, launch.grads.ptrs, blocks.numels, blocks.owner, blocks.starts, launch.n_tensors,
+                scale if scale is not None else blocks.numels, inf if inf is not None else blocks.numels,
                 float(group["lr"]), float(group["weight_decay"]), float(beta1), float(beta2),
                 math.log2(beta1) if beta1 > 0 else -math.inf, math.log2(beta2) if beta2 > 0 else -math.inf,
                 float(group["eps"]), P=_CODES[launch.dtypes[0]], G=_CODES[launch.dtypes[1]],
                 HAS_SCALE=scale is not None, HAS_INF=inf is not None,
-                ALIGNED=launch.aligned and launch.grads.aligned, BLOCK=launch.block, ITERS=launch.iters,
+                ALIGNED=launch.aligned and launch.grads.aligned, BLOCK=blocks.block, ITERS=blocks.iters,
                 num_warps=NUM_WARPS)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from cptrain.ops.adamw import _CODES, AddressTable, _to_device, block_table, triton
+from cptrain.ops.adamw import _CODES, AddressTable, BlockTable, triton
 
 BLOCK = 4096
 ITERS = 4
@@ -23,16 +23,12 @@ NUM_WARPS = 8
 
 
 class _Table(AddressTable):
-    """The gradients of one dtype: their addresses, sizes and per-program spans."""
+    """The gradients of one dtype: their addresses (the AddressTable) and per-program spans (`blocks`, laid
+    out for the module's BLOCK and ITERS when built, whatever they are later)."""
 
     def __init__(self, numels: list[int], device: torch.device):
         super().__init__(device)
-        self.numels_list = numels
-        self.block, self.iters = BLOCK, ITERS  # the tables are laid out for these, whatever the module says later
-        owner, starts = block_table(numels, BLOCK * ITERS)
-        self.n_blocks = len(owner)
-        self.numels = _to_device(torch.tensor(numels, dtype=torch.int64), device)
-        self.owner, self.starts = _to_device(owner, device), _to_device(starts, device)
+        self.blocks = BlockTable(numels, BLOCK, ITERS, device)
 
 
 class GradNorm:
@@ -56,13 +52,14 @@ class GradNorm:
         for dtype, group in by_dtype.items():
             numels = [g.numel() for g in group]
             table = self._tables.get(dtype)
-            if table is None or table.numels_list != numels:
+            if table is None or table.blocks.numel_list != numels:
                 table = self._tables[dtype] = _Table(numels, device)
             table.update(group)
-            out = torch.empty(table.n_blocks, dtype=torch.float32, device=device)
-            _sumsq_kernel[(table.n_blocks,)](table.ptrs, table.numels, table.owner, table.starts, out,
-                                             G=_CODES[dtype], ALIGNED=table.aligned, BLOCK=table.block,
-                                             ITERS=table.iters, num_warps=NUM_WARPS)
+            blocks = table.blocks
+            out = torch.empty(blocks.n_blocks, dtype=torch.float32, device=device)
+            _sumsq_kernel[(blocks.n_blocks,)](table.ptrs, blocks.numels, blocks.owner, blocks.starts, out,
+                                              G=_CODES[dtype], ALIGNED=table.aligned, BLOCK=blocks.block,
+                                              ITERS=blocks.iters, num_warps=NUM_WARPS)
             partials.append(out.sum())
         if not partials:
             return torch.zeros((), dtype=torch.float32, device=device)
