@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cptrain.ops import adamw
 from cptrain.ops.adamw import TritonAdamW
 
 pytestmark = pytest.mark.gpu
@@ -28,9 +29,21 @@ def train(cls, dtype, steps=5, scale=None, skip_at=None, **kw):
     return ps, opt
 
 
+@pytest.fixture(params=["default", "2048/8/2", "1024/4/4 prefetch", "2048/8/4 prefetch hints"])
+def kernel_settings(request, monkeypatch):
+    """The kernel's block/warps/iterations and load orders: every setting must give the same numbers."""
+    if request.param != "default":
+        sizes, *flags = request.param.split()
+        block, warps, iters = (int(x) for x in sizes.split("/"))
+        for name, value in (("BLOCK", block), ("NUM_WARPS", warps), ("ITERS", iters),
+                            ("PREFETCH", "prefetch" in flags), ("HINTS", "hints" in flags)):
+            monkeypatch.setattr(adamw, name, value)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("scale,skip_at", [(None, None), (3.0, 2)])
-def test_matches_torch_fused_adamw(dtype, scale, skip_at):
+def test_matches_torch_fused_adamw(dtype, scale, skip_at, kernel_settings):
     got, opt = train(TritonAdamW, dtype, scale=scale, skip_at=skip_at)
     want, ref = train(torch.optim.AdamW, dtype, scale=scale, skip_at=skip_at, fused=True)
     for a, b in zip(got, want):

@@ -1,7 +1,7 @@
 """AdamW whose update is one Triton kernel over every tensor of a parameter group.
 
 torch's fused AdamW (`multi_tensor_apply`) streams parameters, gradients and both moments at about half
-of an H100's memory bandwidth in bf16. Here each kernel program updates one block of one tensor, found
+of an H100's memory bandwidth in bf16 (55%; this kernel 83%). Here each kernel program updates one block of one tensor, found
 through tables of device addresses (parameter, gradient, moments, step count per tensor), so one launch
 covers the whole group at close to streaming speed. Arithmetic is fp32 whatever the storage dtype, rounded
 once on store, with torch's AdamW formula (decoupled weight decay, bias corrections from each tensor's
@@ -27,9 +27,14 @@ try:
 except ImportError:  # CPU-only installs: build_optimizer picks torch's AdamW
     triton = None
 
-BLOCK = 2048  # elements per step of a program's loop
-ITERS = 2  # steps per program (unrolled): a program updates BLOCK * ITERS elements of one tensor
-NUM_WARPS = 8
+# Small one-warp programs, each loading its next block before it updates the current one, kept HBM busiest:
+# 6.2 ms for llama3.2-1b's bf16 step on an H100 (83% of its bandwidth) against 7.4 ms with 8-warp programs
+# of 2 x 2048 elements (benchmarks/kernels_adamw.py; results/2026-11-23-1xh100-kernels-adamw-small.md).
+BLOCK = 256  # elements per step of a program's loop
+ITERS = 4  # steps per program (unrolled): a program updates BLOCK * ITERS elements of one tensor
+NUM_WARPS = 1
+PREFETCH = True  # load a program's next block before updating the current one
+HINTS = False  # evict-first loads, streaming stores (measured no faster)
 _CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -221,7 +226,7 @@ class TritonAdamW(torch.optim.AdamW):
                 float(group["eps"]), P=_CODES[launch.dtypes[0]], G=_CODES[launch.dtypes[1]],
                 HAS_SCALE=scale is not None, HAS_INF=inf is not None,
                 ALIGNED=launch.aligned and launch.grads.aligned, BLOCK=blocks.block, ITERS=blocks.iters,
-                num_warps=NUM_WARPS)
+                PREFETCH=PREFETCH, HINTS=HINTS, num_warps=NUM_WARPS)
 
 
 if triton is not None:
@@ -246,24 +251,38 @@ if triton is not None:
             return address.to(tl.pointer_type(tl.float16))
 
     @triton.jit
-    def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, scale, step_size, decay, beta1, beta2, bias2_sqrt,
-                     eps, MASKED: tl.constexpr):
+    def _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, MASKED: tl.constexpr, HINTS: tl.constexpr):
+        """Parameter, gradient and moments at `offs`, in their storage dtypes (packed: fewer registers while
+        a prefetched block waits). HINTS: evict-first, as each byte is read once."""
         if MASKED:
-            g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-            p = tl.load(p_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-            m = tl.load(m_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+            return (tl.load(p_ptr + offs, mask=inside, other=0.0), tl.load(g_ptr + offs, mask=inside, other=0.0),
+                    tl.load(m_ptr + offs, mask=inside, other=0.0), tl.load(v_ptr + offs, mask=inside, other=0.0))
+        elif HINTS:
+            return (tl.load(p_ptr + offs, eviction_policy="evict_first"),
+                    tl.load(g_ptr + offs, eviction_policy="evict_first"),
+                    tl.load(m_ptr + offs, eviction_policy="evict_first"),
+                    tl.load(v_ptr + offs, eviction_policy="evict_first"))
         else:
-            g, p = tl.load(g_ptr + offs).to(tl.float32), tl.load(p_ptr + offs).to(tl.float32)
-            m, v = tl.load(m_ptr + offs).to(tl.float32), tl.load(v_ptr + offs).to(tl.float32)
-        g = g / scale
+            return tl.load(p_ptr + offs), tl.load(g_ptr + offs), tl.load(m_ptr + offs), tl.load(v_ptr + offs)
+
+    @triton.jit
+    def _update_store(p_ptr, m_ptr, v_ptr, offs, inside, p, g, m, v, scale, step_size, decay, beta1, beta2,
+                      bias2_sqrt, eps, MASKED: tl.constexpr, HINTS: tl.constexpr):
+        """torch's AdamW update in fp32 from loaded values, stored rounded to the storage dtypes. HINTS:
+        streaming stores (not kept in L2)."""
+        g = g.to(tl.float32) / scale
+        m = m.to(tl.float32)
         m = m + (1.0 - beta1) * (g - m)
-        v = beta2 * v + (1.0 - beta2) * g * g
-        p = p * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
+        v = beta2 * v.to(tl.float32) + (1.0 - beta2) * g * g
+        p = p.to(tl.float32) * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
         if MASKED:
             tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=inside)
             tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
             tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
+        elif HINTS:
+            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), cache_modifier=".cs")
+            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), cache_modifier=".cs")
+            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), cache_modifier=".cs")
         else:
             tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty))
             tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty))
@@ -273,7 +292,7 @@ if triton is not None:
     def _adamw_kernel(ptrs, grad_ptrs, numels, owner, starts, n_tensors, grad_scale_ptr, found_inf_ptr, lr,
                       weight_decay, beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
                       HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-                      ITERS: tl.constexpr):
+                      ITERS: tl.constexpr, PREFETCH: tl.constexpr, HINTS: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(owner + pid)
         # blocks start at multiples of BLOCK and tensors at 16-byte aligned addresses (checked on the host):
@@ -297,13 +316,28 @@ if triton is not None:
         step_size = lr / (1.0 - tl.exp2(step * log2_beta1))
         bias2_sqrt = tl.sqrt(1.0 - tl.exp2(step * log2_beta2))
         decay = 1.0 - lr * weight_decay
-        if start + BLOCK * ITERS <= n:
-            for i in tl.static_range(ITERS):
-                offs = tl.max_contiguous(tl.multiple_of(start + i * BLOCK + tl.arange(0, BLOCK), BLOCK), BLOCK)
-                _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, scale, step_size, decay, beta1, beta2,
-                             bias2_sqrt, eps, MASKED=False)
+        if start + BLOCK * ITERS <= n:  # a whole span: unmasked, vectorized
+            offs = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK), BLOCK), BLOCK)
+            if PREFETCH:  # block i+1's loads are issued before block i's update and stores
+                p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, MASKED=False, HINTS=HINTS)
+                for i in tl.static_range(ITERS):
+                    if i + 1 < ITERS:
+                        nxt = tl.max_contiguous(tl.multiple_of(offs + BLOCK, BLOCK), BLOCK)
+                        np_, ng, nm, nv = _load4(p_ptr, g_ptr, m_ptr, v_ptr, nxt, None, MASKED=False, HINTS=HINTS)
+                    _update_store(p_ptr, m_ptr, v_ptr, offs, None, p, g, m, v, scale, step_size, decay, beta1,
+                                  beta2, bias2_sqrt, eps, MASKED=False, HINTS=HINTS)
+                    if i + 1 < ITERS:
+                        offs, p, g, m, v = nxt, np_, ng, nm, nv
+            else:
+                for i in tl.static_range(ITERS):
+                    offs = tl.max_contiguous(tl.multiple_of(start + i * BLOCK + tl.arange(0, BLOCK), BLOCK), BLOCK)
+                    p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, MASKED=False, HINTS=HINTS)
+                    _update_store(p_ptr, m_ptr, v_ptr, offs, None, p, g, m, v, scale, step_size, decay, beta1,
+                                  beta2, bias2_sqrt, eps, MASKED=False, HINTS=HINTS)
         elif start < n:
             for i in tl.static_range(ITERS):
                 offs = start + i * BLOCK + tl.arange(0, BLOCK)
-                _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < n, scale, step_size, decay, beta1, beta2,
-                             bias2_sqrt, eps, MASKED=True)
+                inside = offs < n
+                p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, MASKED=True, HINTS=HINTS)
+                _update_store(p_ptr, m_ptr, v_ptr, offs, inside, p, g, m, v, scale, step_size, decay, beta1,
+                              beta2, bias2_sqrt, eps, MASKED=True, HINTS=HINTS)
