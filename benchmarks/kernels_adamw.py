@@ -122,7 +122,7 @@ def variants(configs: list[tuple[int, int, int]]):
              **{name: letter in flags for name, letter in FLAGS}}, lambda g: adamw.TritonAdamW(g, **hyper)
 
 
-FLAGS = (("PREFETCH", "p"), ("HINTS", "h"))  # kernel switches, as letters after BLOCK/warps/iters
+FLAGS = (("PREFETCH", "p"),)  # kernel switches, as letters after BLOCK/warps/iters
 
 
 def parse_config(text: str) -> tuple[int, int, int, str]:
@@ -130,7 +130,7 @@ def parse_config(text: str) -> tuple[int, int, int, str]:
     parts = text.split("/")
     if len(parts) not in (3, 4) or not all(x.isdigit() for x in parts[:3]) \
             or any(c not in "".join(f for _, f in FLAGS) for c in (parts[3] if len(parts) == 4 else "")):
-        raise SystemExit(f"--configs: {text!r} is not BLOCK/warps/iters[/flags] (flags among p, h)")
+        raise SystemExit(f"--configs: {text!r} is not BLOCK/warps/iters[/flags] (flags: p)")
     return int(parts[0]), int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else ""
 
 
@@ -142,8 +142,7 @@ def main() -> None:
     p.add_argument("--flat", action="store_true", help="also time the model's parameters as one tensor (no "
                    "per-tensor tables: what the multi-tensor launch costs) and plain memory streams")
     p.add_argument("--configs", default="2048/4/1,4096/8/1,1024/4/1,1024/4/4,512/4/8,2048/8/2,1024/2/4",
-                   help="Triton kernel settings BLOCK/warps/iters[/flags]: p prefetches the next block, "
-                   "h adds cache hints (evict-first loads, streaming stores)")
+                   help="Triton kernel settings BLOCK/warps/iters[/p]: p prefetches the next block")
     p.add_argument("--norm-configs", default="", help="GradNorm settings BLOCK/warps/iters to time besides its "
                    "defaults")
     p.add_argument("--warmup", type=int, default=3)
@@ -155,7 +154,7 @@ def main() -> None:
     info = harness.device_info()
     bw = args.bandwidth_gbs or (4800.0 if "H200" in info["device_name"] else 3350.0)
     defaults = {"BLOCK": adamw.BLOCK, "NUM_WARPS": adamw.NUM_WARPS, "ITERS": adamw.ITERS,
-                "PREFETCH": adamw.PREFETCH, "HINTS": adamw.HINTS}
+                "PREFETCH": adamw.PREFETCH}
     configs = [parse_config(c) for c in args.configs.split(",")]
     rows = []
     t0 = time.perf_counter()
@@ -213,7 +212,7 @@ def main() -> None:
     notes = (f"Bytes per step: 7 x params x dtype size (the grad norm rows: 1 x; their 'vs torch fused' column "
              f"means nothing). HBM bandwidth taken as {bw:.0f} GB/s. The default "
              f"Triton kernel is BLOCK={defaults['BLOCK']} warps={defaults['NUM_WARPS']} iters={defaults['ITERS']} "
-             f"prefetch={defaults['PREFETCH']} hints={defaults['HINTS']}; "
+             f"prefetch={defaults['PREFETCH']}; "
              f"the trainer also reads every gradient once for the norm before this step (not timed here).")
     harness.write_results("kernels-adamw", "AdamW step: TritonAdamW vs torch fused / foreach",
                           harness.markdown_table(header, body), rows, info, command, notes=notes)

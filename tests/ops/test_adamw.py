@@ -52,14 +52,14 @@ for a, b in zip(got, want):
     torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-6, atol=1e-10)
 
 # every load/store order of the kernel gives the same results: with and without the next block prefetched,
-# with cache hints, and an odd number of blocks per program
-defaults = adamw.ITERS, adamw.PREFETCH, adamw.HINTS
-for setting in ((3, True, True), (3, False, False), (2, not adamw.PREFETCH, False)):
-    adamw.ITERS, adamw.PREFETCH, adamw.HINTS = setting
+# and an odd number of blocks per program
+defaults = adamw.ITERS, adamw.PREFETCH
+for setting in ((3, True), (3, False), (2, not adamw.PREFETCH)):
+    adamw.ITERS, adamw.PREFETCH = setting
     got, _ = run(TritonAdamW, torch.float32)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-adamw.ITERS, adamw.PREFETCH, adamw.HINTS = defaults
+adamw.ITERS, adamw.PREFETCH = defaults
 
 # bf16 storage (parameters, gradients, moments): one step, within one bf16 spacing of torch's fused kernel
 # (the interpreter truncates on a bf16 store where the GPU rounds to nearest; the GPU test checks bits)

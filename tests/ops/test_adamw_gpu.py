@@ -29,14 +29,14 @@ def train(cls, dtype, steps=5, scale=None, skip_at=None, **kw):
     return ps, opt
 
 
-@pytest.fixture(params=["default", "2048/8/2", "1024/4/4 prefetch", "2048/8/4 prefetch hints"])
+@pytest.fixture(params=["default", "2048/8/2", "1024/4/4 prefetch", "2048/8/4 prefetch"])
 def kernel_settings(request, monkeypatch):
     """The kernel's block/warps/iterations and load orders: every setting must give the same numbers."""
     if request.param != "default":
         sizes, *flags = request.param.split()
         block, warps, iters = (int(x) for x in sizes.split("/"))
         for name, value in (("BLOCK", block), ("NUM_WARPS", warps), ("ITERS", iters),
-                            ("PREFETCH", "prefetch" in flags), ("HINTS", "hints" in flags)):
+                            ("PREFETCH", "prefetch" in flags)):
             monkeypatch.setattr(adamw, name, value)
     return request.param
 

@@ -34,7 +34,6 @@ BLOCK = 256  # elements per step of a program's loop
 ITERS = 4  # steps per program (unrolled): a program updates BLOCK * ITERS elements of one tensor
 NUM_WARPS = 1
 PREFETCH = True  # load a program's next block before updating the current one
-HINTS = False  # evict-first loads, streaming stores (measured no faster)
 _CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -226,7 +225,7 @@ class TritonAdamW(torch.optim.AdamW):
                 float(group["eps"]), P=_CODES[launch.dtypes[0]], G=_CODES[launch.dtypes[1]],
                 HAS_SCALE=scale is not None, HAS_INF=inf is not None,
                 ALIGNED=launch.aligned and launch.grads.aligned, BLOCK=blocks.block, ITERS=blocks.iters,
-                PREFETCH=PREFETCH, HINTS=HINTS, num_warps=NUM_WARPS)
+                PREFETCH=PREFETCH, num_warps=NUM_WARPS)
 
 
 if triton is not None:
@@ -251,48 +250,34 @@ if triton is not None:
             return address.to(tl.pointer_type(tl.float16))
 
     @triton.jit
-    def _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, MASKED: tl.constexpr, HINTS: tl.constexpr):
+    def _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, MASKED: tl.constexpr):
         """Parameter, gradient and moments at `offs`, in their storage dtypes (packed: fewer registers while
-        a prefetched block waits). HINTS: evict-first, as each byte is read once."""
+        a prefetched block waits). Evict-first loads and streaming stores measured no faster
+        (results/2026-11-23-1xh100-kernels-adamw-blocks.md, `h` rows)."""
         if MASKED:
             return (tl.load(p_ptr + offs, mask=inside, other=0.0), tl.load(g_ptr + offs, mask=inside, other=0.0),
                     tl.load(m_ptr + offs, mask=inside, other=0.0), tl.load(v_ptr + offs, mask=inside, other=0.0))
-        elif HINTS:
-            return (tl.load(p_ptr + offs, eviction_policy="evict_first"),
-                    tl.load(g_ptr + offs, eviction_policy="evict_first"),
-                    tl.load(m_ptr + offs, eviction_policy="evict_first"),
-                    tl.load(v_ptr + offs, eviction_policy="evict_first"))
-        else:
-            return tl.load(p_ptr + offs), tl.load(g_ptr + offs), tl.load(m_ptr + offs), tl.load(v_ptr + offs)
+        return tl.load(p_ptr + offs), tl.load(g_ptr + offs), tl.load(m_ptr + offs), tl.load(v_ptr + offs)
 
     @triton.jit
     def _update_store(p_ptr, m_ptr, v_ptr, offs, inside, p, g, m, v, scale, step_size, decay, beta1, beta2,
-                      bias2_sqrt, eps, MASKED: tl.constexpr, HINTS: tl.constexpr):
-        """torch's AdamW update in fp32 from loaded values, stored rounded to the storage dtypes. HINTS:
-        streaming stores (not kept in L2)."""
+                      bias2_sqrt, eps):
+        """torch's AdamW update in fp32 from loaded values, stored rounded to the storage dtypes (`inside`:
+        the store mask, None for a whole block)."""
         g = g.to(tl.float32) / scale
         m = m.to(tl.float32)
         m = m + (1.0 - beta1) * (g - m)
         v = beta2 * v.to(tl.float32) + (1.0 - beta2) * g * g
         p = p.to(tl.float32) * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
-        if MASKED:
-            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=inside)
-            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
-            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
-        elif HINTS:
-            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), cache_modifier=".cs")
-            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), cache_modifier=".cs")
-            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), cache_modifier=".cs")
-        else:
-            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty))
-            tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty))
-            tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty))
+        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=inside)
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
+        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _adamw_kernel(ptrs, grad_ptrs, numels, owner, starts, n_tensors, grad_scale_ptr, found_inf_ptr, lr,
                       weight_decay, beta1, beta2, log2_beta1, log2_beta2, eps, P: tl.constexpr, G: tl.constexpr,
                       HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-                      ITERS: tl.constexpr, PREFETCH: tl.constexpr, HINTS: tl.constexpr):
+                      ITERS: tl.constexpr, PREFETCH: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(owner + pid)
         # blocks start at multiples of BLOCK and tensors at 16-byte aligned addresses (checked on the host):
@@ -319,25 +304,25 @@ if triton is not None:
         if start + BLOCK * ITERS <= n:  # a whole span: unmasked, vectorized
             offs = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK), BLOCK), BLOCK)
             if PREFETCH:  # block i+1's loads are issued before block i's update and stores
-                p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, MASKED=False, HINTS=HINTS)
+                p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, MASKED=False)
                 for i in tl.static_range(ITERS):
                     if i + 1 < ITERS:
                         nxt = tl.max_contiguous(tl.multiple_of(offs + BLOCK, BLOCK), BLOCK)
-                        np_, ng, nm, nv = _load4(p_ptr, g_ptr, m_ptr, v_ptr, nxt, None, MASKED=False, HINTS=HINTS)
+                        np_, ng, nm, nv = _load4(p_ptr, g_ptr, m_ptr, v_ptr, nxt, None, MASKED=False)
                     _update_store(p_ptr, m_ptr, v_ptr, offs, None, p, g, m, v, scale, step_size, decay, beta1,
-                                  beta2, bias2_sqrt, eps, MASKED=False, HINTS=HINTS)
+                                  beta2, bias2_sqrt, eps)
                     if i + 1 < ITERS:
                         offs, p, g, m, v = nxt, np_, ng, nm, nv
             else:
                 for i in tl.static_range(ITERS):
                     offs = tl.max_contiguous(tl.multiple_of(start + i * BLOCK + tl.arange(0, BLOCK), BLOCK), BLOCK)
-                    p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, MASKED=False, HINTS=HINTS)
+                    p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, None, MASKED=False)
                     _update_store(p_ptr, m_ptr, v_ptr, offs, None, p, g, m, v, scale, step_size, decay, beta1,
-                                  beta2, bias2_sqrt, eps, MASKED=False, HINTS=HINTS)
+                                  beta2, bias2_sqrt, eps)
         elif start < n:
             for i in tl.static_range(ITERS):
                 offs = start + i * BLOCK + tl.arange(0, BLOCK)
                 inside = offs < n
-                p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, MASKED=True, HINTS=HINTS)
+                p, g, m, v = _load4(p_ptr, g_ptr, m_ptr, v_ptr, offs, inside, MASKED=True)
                 _update_store(p_ptr, m_ptr, v_ptr, offs, inside, p, g, m, v, scale, step_size, decay, beta1,
-                              beta2, bias2_sqrt, eps, MASKED=True, HINTS=HINTS)
+                              beta2, bias2_sqrt, eps)
