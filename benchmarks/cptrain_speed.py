@@ -42,6 +42,11 @@ VARIANTS = [
      "new with inductor's max-autotune: Triton GEMM templates against cuBLAS per shape, epilogue fusion"),
     ("new-cdtune", "new", "run", ["env:TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1"],
      "new with inductor's coordinate-descent tuning of its pointwise/reduction kernels"),
+    ("new-nomix", "new", "run", ["env:TORCHINDUCTOR_MIX_ORDER_REDUCTION=0"],
+     "new without inductor's mix-order reductions (RMSNorm backward: d(x) and d(w) in separate kernels, no "
+     "eager sum of d(w) partials)"),
+    ("new-mixtune", "new", "run", ["env:TORCHINDUCTOR_MIX_ORDER_REDUCTION_AUTOTUNE_SPLIT_SIZE=1"],
+     "new with the mix-order reductions' split size autotuned (default: 16 rows, 512 partials summed eagerly)"),
     ("mid", "mid", "run", [], "an intermediate version (--mid-src), to attribute one change"),
 ]
 

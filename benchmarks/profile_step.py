@@ -300,6 +300,10 @@ def main() -> int:
     p.add_argument("--sync-debug", action="store_true",
                    help="after the profile, run 2 more steps under torch.cuda.set_sync_debug_mode('warn') and "
                         "write where the host waited for the device to DIR/NAME-syncs.txt")
+    p.add_argument("--origins", action="store_true",
+                   help="after the profile, profile 2 more steps with Python stacks and write the ops with the "
+                        "most device time, each with the stack that launched it, to DIR/NAME-origins.txt (finds "
+                        "where small eager kernels come from)")
     ns = p.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
     cfg, env, args, trainer, loader, accum = build(ns.recipe, ns.overrides)
@@ -339,10 +343,43 @@ def main() -> int:
     print(text, flush=True)
     if ns.sync_debug and env.device.type == "cuda":
         (ns.out / f"{ns.name}-syncs.txt").write_text(find_syncs(step, flush))
+    if ns.origins and env.device.type == "cuda":
+        (ns.out / f"{ns.name}-origins.txt").write_text(kernel_origins(step, flush))
     from cptrain.parallel.dims import shutdown
 
     shutdown()
     return 0
+
+
+def kernel_origins(step, flush, steps: int = 2, frames: int = 5) -> str:
+    """The aten ops of `steps` steps by the device time of the kernels they launched themselves, grouped by op
+    and the innermost Python frames that called it: which line of which file launched each kind of kernel."""
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts, with_stack=True) as prof:
+        for _ in range(steps):
+            step()
+        flush()
+    groups: dict[tuple[str, tuple[str, ...]], list] = {}
+    for e in prof.events():
+        if not e.name.startswith("aten::") or e.self_device_time_total <= 0:
+            continue
+        stack, parent = [], e.cpu_parent
+        while parent is not None and len(stack) < frames:
+            name = parent.name
+            if ((".py(" in name or name.startswith(("aten::", "cptrain::", "## Call", "Optimizer.")))
+                    and "torch/autograd" not in name and "torch/nn/modules/module" not in name):
+                stack.append(name)
+            parent = parent.cpu_parent
+        stack += [f"  at {frame}" for frame in (e.stack or [])[:frames]]
+        rec = groups.setdefault((e.name, tuple(stack)), [0, 0.0])
+        rec[0] += 1
+        rec[1] += e.self_device_time_total / 1e3 / steps
+    lines = [f"aten ops by the device time of the kernels they launched (ms per step, over {steps} steps), "
+             f"with the innermost {frames} ops and Python frames above each (autograd and Module frames left out)", ""]
+    for (name, stack), (calls, ms) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:60]:
+        lines.append(f"{ms:8.3f} ms  {calls / steps:6.1f} calls  {name}")
+        lines += [f"              {frame}" for frame in stack] + [""]
+    return "\n".join(lines) + "\n"
 
 
 def find_syncs(step, flush) -> str:
