@@ -11,22 +11,16 @@ from torch import nn
 from cptrain.config import OptimConfig
 from cptrain.configtools import ConfigError
 from cptrain.ops.adamw import TritonAdamW, keep_implementation_on_load, triton_adamw_available
-
-
-def _clean(name: str) -> str:
-    """Drop wrapper prefixes (activation checkpointing, compile) so patterns see model names."""
-    for token in ("_checkpoint_wrapped_module.", "_orig_mod."):
-        name = name.replace(token, "")
-    return name
+from cptrain.parallel.parallelize import native_name
 
 
 def apply_freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     """Set requires_grad=False on parameters whose names match any fnmatch pattern; return them."""
     frozen = []
     for name, p in model.named_parameters():
-        if any(fnmatch.fnmatch(_clean(name), pat) for pat in patterns):
+        if any(fnmatch.fnmatch(native_name(name), pat) for pat in patterns):
             p.requires_grad_(False)
-            frozen.append(_clean(name))
+            frozen.append(native_name(name))
     unmatched = [pat for pat in patterns if not any(fnmatch.fnmatch(n, pat) for n in frozen)]
     if unmatched:
         raise ConfigError(f"optim.freeze patterns {unmatched} match no parameter (names look like "
@@ -42,7 +36,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        name = _clean(name)
+        name = native_name(name)
         if name.startswith("embed_tokens."):
             mult = cfg.embedding_lr_mult
         elif name.startswith("lm_head."):

@@ -278,3 +278,25 @@ def test_tied_gradient_buffer_one_rank_and_fsdp2():
         assert abs(a - b) < 1e-5, (one, two)
     for k in p_one:
         torch.testing.assert_close(p_one[k], p_two[k], rtol=0, atol=2e-4)  # as test_two_ranks_match_one_rank
+
+
+def loaded_weights(fsdp: str, extra: tuple[str, ...], sd: dict) -> tuple[dict, list[str]]:
+    model = _trainer(fsdp, "fp32", "off", sd, extra).model
+    return _params(model), [name for name, _ in model.named_parameters()]
+
+
+def test_weights_load_into_wrapped_blocks():
+    """Pretrained weights (the plain Decoder's names) load into blocks that parallelize wrapped: compiled
+    blocks name their parameters `layers.N._orig_mod.*`, which the load once looked up as given and failed
+    on (`weights lack 'layers.0._orig_mod.input_layernorm.weight'`), so `model.compile = true` could not
+    continue-pretrain a real model. Checked with and without FSDP2 and under activation checkpointing."""
+    sd = full_state_dict()
+    for fsdp in ("auto", "always"):
+        for extra in (("model.compile=true",), ("model.compile=true", "model.activation_checkpointing=full"),
+                      ("model.activation_checkpointing=full",)):
+            params, names = run_ranks(1, loaded_weights, fsdp, extra, sd)[0]
+            if "model.compile=true" in extra:
+                assert any("_orig_mod." in n for n in names), names  # the wrapper is really there
+            assert set(params) | {"lm_head.weight"} == set(sd), (fsdp, extra, sorted(set(params) ^ set(sd)))
+            for k, v in params.items():
+                assert torch.equal(v, sd[k]), (fsdp, extra, k)

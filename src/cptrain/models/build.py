@@ -13,7 +13,7 @@ from cptrain.config import ModelConfig, PrecisionConfig
 from cptrain.configtools import ConfigError
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import ModelArgs, get_preset
-from cptrain.parallel.parallelize import DTYPES, parallelize, param_dtype_for, uses_fsdp
+from cptrain.parallel.parallelize import DTYPES, native_name, parallelize, param_dtype_for, uses_fsdp
 
 
 def model_args(cfg: ModelConfig) -> ModelArgs:
@@ -105,11 +105,13 @@ def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torc
 
 @torch.no_grad()
 def load_full_state_dict(model: Decoder, full: dict | None) -> None:
-    """Rank 0 holds `full`; each tensor is broadcast in turn and every rank keeps its own shard."""
+    """Rank 0 holds `full` (the plain Decoder's names); each tensor is broadcast in turn and every rank keeps
+    its own shard. The model's own names may carry wrapper prefixes (compiled blocks: `_orig_mod.`)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     src_rank = 0
-    for name, param in model.state_dict().items():
+    for wrapped_name, param in model.state_dict().items():
+        name = native_name(wrapped_name)
         if name == "lm_head.weight" and model.args.tie_embeddings:
             continue  # the same parameter as embed_tokens.weight
         if dist.get_rank() == src_rank:

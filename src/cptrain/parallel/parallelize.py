@@ -23,6 +23,18 @@ from cptrain.models.decoder import Decoder
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+# what the wrappers applied here put into parameter names: checkpoint_wrapper's module attribute (its
+# state_dict hooks drop it there, not in named_parameters) and torch.compile's OptimizedModule (kept in both)
+WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def native_name(name: str) -> str:
+    """A parameter or state-dict name of the parallelized model as the plain Decoder names it."""
+    for token in WRAPPER_PREFIXES:
+        name = name.replace(token, "")
+    return name
+
+
 def param_dtype_for(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
