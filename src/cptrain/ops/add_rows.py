@@ -14,6 +14,8 @@ to `index_put_` where Triton is missing or the tensors are on the CPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -57,8 +59,6 @@ if triton is not None:
 def _runs_on_triton(out: torch.Tensor) -> bool:
     if triton is None:
         return False
-    import os
-
     return out.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
