@@ -26,11 +26,11 @@ def expected(out, ids, rows):
     return (out.double() + acc).to(out.dtype)
 
 
-def check_case(device, dtype) -> None:
+def check_case(device, dtype, impl: str = "auto") -> None:
     out, ids, rows = make_case(device, dtype)
     want = expected(out, ids, rows)
-    got = add_rows_(out.clone(), ids, rows)
-    again = add_rows_(out.clone(), ids, rows)
+    got = add_rows_(out.clone(), ids, rows, impl)
+    again = add_rows_(out.clone(), ids, rows, impl)
     assert torch.equal(got, again)  # the same inputs give the same bits
     untouched = torch.ones(out.shape[0], dtype=torch.bool, device=device)
     untouched[ids] = False

@@ -31,5 +31,5 @@ def test_triton_kernel_interpreted():
         "import torch\n"
         "from add_rows_cases import check_case\n"
         "for dtype in (torch.float32, torch.bfloat16):\n"
-        "    check_case('cpu', dtype)\n"
+        "    check_case('cpu', dtype, impl='triton')\n"
         "print('ok')\n")

@@ -3,9 +3,9 @@
 torch's fused AdamW (`multi_tensor_apply`) streams parameters, gradients and both moments at about half
 of an H100's memory bandwidth in bf16 (55%; this kernel 83%). Here each kernel program updates one span
 (BLOCK * ITERS elements) of one tensor, found through tables of device addresses (parameter, gradient,
-moments, step count per tensor), so one launch covers the whole group at close to streaming speed. Arithmetic is fp32 whatever the storage dtype, rounded
-once on store, with torch's AdamW formula (decoupled weight decay, bias corrections from each tensor's
-step count).
+moments, step count per tensor), so one launch covers the whole group at close to streaming speed.
+Arithmetic is fp32 whatever the storage dtype, rounded once on store, with torch's AdamW formula (decoupled
+weight decay, bias corrections from each tensor's step count).
 
 It behaves like torch's fused AdamW towards the trainer: `grad_scale` (a device scalar the gradients are
 divided by: the clip) and `found_inf` (a device flag: 1 leaves parameters, moments and step counts alone)

@@ -8,13 +8,12 @@ permutation), sums them in fp32 and adds the sum to its output row with one roun
 columns over programs spreads a very frequent id's long run over many programs. The summation order is
 fixed (sorted positions, the kernel's reduction tree): the same inputs give the same bits.
 
-Runs under TRITON_INTERPRET=1 on CPU tensors, which is how the CPU tests check it; `add_rows_` falls back
-to `index_put_` where Triton is missing or the tensors are on the CPU.
+`impl="auto"` runs the kernel on CUDA and `index_put_` elsewhere (CPU, or no Triton), like the other ops'
+`impl` switches; `impl="triton"` under TRITON_INTERPRET=1 runs it on CPU tensors, which is how the CPU
+tests check it.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -56,20 +55,18 @@ if triton is not None:
             tl.store(dst, (old + acc).to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def _runs_on_triton(out: torch.Tensor) -> bool:
-    if triton is None:
-        return False
-    return out.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def add_rows_(out: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def add_rows_(out: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """out [V, D] += rows [N, D] at rows ids [N] (integers in [0, V)), in place; returns `out`. `rows` is cast
-    to fp32 for the sums; `out` keeps its dtype."""
+    to fp32 for the sums; `out` keeps its dtype. impl: "auto" | "triton" | "torch" (index_put_)."""
     ids = ids.reshape(-1)
     if out.ndim != 2 or rows.shape != (ids.numel(), out.shape[1]) or out.stride(1) != 1:
         raise ValueError(f"add_rows_: expected out [V, D] (rows contiguous), ids [N], rows [N, D]; got "
                          f"{tuple(out.shape)} (strides {out.stride()}), {tuple(ids.shape)}, {tuple(rows.shape)}")
-    if not _runs_on_triton(out):
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"add_rows_: impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    if impl == "triton" and triton is None:
+        raise RuntimeError("add_rows_ impl='triton' needs the triton package")
+    if impl == "torch" or (impl == "auto" and (triton is None or not out.is_cuda)):
         return out.index_put_((ids,), rows.to(out.dtype), accumulate=True)
     n, dim = rows.shape
     if n == 0:
