@@ -5,4 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# the quickstart always starts from the pretrained model: a run into a folder that holds an earlier run's
+# checkpoints is refused, so its own folder (the recipe's train.run_dir) is cleared first
+case " $* " in
+  *" train.run_dir="*) ;;
+  *) if [ -d runs/quickstart ]; then
+       echo "quickstart: replacing the previous run folder runs/quickstart"
+       rm -rf runs/quickstart
+     fi ;;
+esac
 exec .venv/bin/cptrain run recipes/quickstart.toml checkpoint.resume=never "$@"

@@ -26,6 +26,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from cptrain.configtools import ConfigError
+
 MARKER = "COMMITTED"
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -43,16 +45,34 @@ def committed_steps(ckpt_dir: Path) -> list[Path]:
 
 
 def find_resume(run_dir: Path, resume: str) -> Path | None:
+    """The step folder this launch starts from, or None for step 0.
+
+    "auto": the run folder's newest committed step. A path: the starting point of a run folder that has no
+    checkpoint of its own yet (a branch, e.g. a WSD decay from a stable-phase step); once the run has saved
+    its own, relaunching the same command (a SLURM requeue) resumes from those, not from the branch point
+    again. "never": step 0, refused when the run folder already holds checkpoints, which the new run's
+    pruning would mix with its own (the old run's later steps would outlive the new run's).
+    """
+    own = committed_steps(run_dir / "checkpoints")
     if resume == "never":
+        if own:
+            raise ConfigError(
+                f"checkpoint.resume = 'never' but train.run_dir {str(run_dir)!r} already holds checkpoints of "
+                f"an earlier run ({', '.join(p.name for p in own)}): use a new train.run_dir, delete "
+                f"{run_dir / 'checkpoints'} to start over, or resume with checkpoint.resume = 'auto'")
         return None
-    if resume == "auto":
-        steps = committed_steps(run_dir / "checkpoints")
-        return steps[-1] if steps else None
+    if resume == "auto" or own:
+        return own[-1] if own else None
     path = Path(resume)
     if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"checkpoint.resume = {resume!r} is not a committed step folder "
-                                f"(expected {path / MARKER}); point it at checkpoints/step-N")
+        raise ConfigError(f"checkpoint.resume = {resume!r} is not a committed step folder "
+                          f"(expected {path / MARKER}); point it at checkpoints/step-N")
     return path
+
+
+def saved_step(step_dir: Path) -> int:
+    """The training step a committed step folder was saved at."""
+    return int(json.loads((step_dir / "train_state.json").read_text())["step"])
 
 
 def rng_state() -> dict:
@@ -69,19 +89,29 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(step_dir: Path, model, optimizer, *, train_state: dict, data_state: dict, keep_latest_k: int) -> None:
-    """Collective: every rank calls it. Rank 0 writes the marker last and prunes old steps."""
+    """Collective: every rank calls it. Rank 0 writes the marker last and prunes old steps. A step folder that
+    is already committed (a second save of the same step) stays whole until the new save is committed beside
+    it as step-N.new, which then takes its place: a crash in between never leaves the step without a copy."""
     rank = dist.get_rank()
-    if rank == 0 and step_dir.exists():  # an uncommitted leftover of a crashed save
-        shutil.rmtree(step_dir)
+    committed = (step_dir / MARKER).is_file()  # every rank looks before rank 0 changes anything below
+    write_dir = step_dir.with_name(step_dir.name + ".new") if committed else step_dir
+    if rank == 0 and write_dir.exists():  # an uncommitted leftover of a crashed save
+        shutil.rmtree(write_dir)
     dist.barrier()
-    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(step_dir / "model"))
-    dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(step_dir / "optim"))
-    torch.save({"data": data_state, "rng": rng_state()}, step_dir / f"rank-{rank}.pt")
+    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(write_dir / "model"))
+    dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(write_dir / "optim"))
+    torch.save({"data": data_state, "rng": rng_state()}, write_dir / f"rank-{rank}.pt")
     dist.barrier()
     if rank == 0:
         state = {**train_state, "world_size": dist.get_world_size(), "saved_at": time.time()}
-        (step_dir / "train_state.json").write_text(json.dumps(state, indent=2))
-        (step_dir / MARKER).write_text(str(state["step"]))
+        (write_dir / "train_state.json").write_text(json.dumps(state, indent=2))
+        (write_dir / MARKER).write_text(str(state["step"]))
+        if committed:
+            old = step_dir.with_name(step_dir.name + ".replaced")
+            shutil.rmtree(old, ignore_errors=True)
+            step_dir.rename(old)
+            write_dir.rename(step_dir)
+            shutil.rmtree(old, ignore_errors=True)
         if keep_latest_k > 0:
             for old in committed_steps(step_dir.parent)[:-keep_latest_k]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -15,9 +15,14 @@ import torch.distributed as dist
 
 from cptrain import checkpoint
 from cptrain.config import Config
+from cptrain.configtools import ConfigError
 from cptrain.metrics import peak_memory_gib
 from cptrain.models.decoder import IGNORE_INDEX
 from cptrain.models.presets import ModelArgs, count_parameters
+
+# ModelArgs fields that decide which tensors a checkpoint holds and their shapes
+SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "tie_embeddings",
+                "qkv_bias", "qk_norm")
 
 
 class RunFolder:
@@ -25,15 +30,39 @@ class RunFolder:
         self.path = path
         self.is_main = is_main
 
-    def prepare(self, cfg: Config) -> None:
+    def create(self, fresh: bool) -> None:
+        """Make the folder's layout. A fresh start keeps an earlier run's metrics.jsonl under a new name
+        (metrics.prev-N.jsonl) instead of appending to it; a resumed run appends."""
         if self.is_main:
             for sub in ("checkpoints", "samples", "report"):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
-            (self.path / "config.resolved.toml").write_text(cfg.to_toml())
+            old = self.path / "metrics.jsonl"
+            if fresh and old.is_file() and old.stat().st_size:
+                n = 1
+                while (self.path / f"metrics.prev-{n}.jsonl").exists():
+                    n += 1
+                old.rename(self.path / f"metrics.prev-{n}.jsonl")
         dist.barrier()
 
-    def save_model_info(self, args: ModelArgs, tokenizer) -> None:
+    def check_fits(self, step_dir: Path, args: ModelArgs) -> None:
+        """Refuse a checkpoint whose run was built with other model settings, naming them, before DCP fails on
+        its first missing tensor. The model_args.json beside the checkpoint's run folder says how it was built;
+        only the fields that set tensor names and shapes count (RoPE settings may change, e.g. for a longer
+        context)."""
+        saved = step_dir.parent.parent / "model_args.json"
+        if not saved.is_file():
+            return
+        before, now = json.loads(saved.read_text()), dataclasses.asdict(args)
+        diff = [f"{k} {before[k]!r} -> {now[k]!r}" for k in SHAPE_FIELDS if k in before and before[k] != now[k]]
+        if diff:
+            raise ConfigError(f"{step_dir} was saved by a model built with other settings ({'; '.join(diff)}); "
+                              "resume with the same model settings, or start a new train.run_dir")
+
+    def write_metadata(self, cfg: Config, args: ModelArgs, tokenizer) -> None:
+        """The resolved config, model shape and tokenizer: written once the launch has started for real
+        (checks passed, checkpoint loaded), so a launch that fails leaves an existing run's files as they were."""
         if self.is_main:
+            (self.path / "config.resolved.toml").write_text(cfg.to_toml())
             (self.path / "model_args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
             tokenizer.save_pretrained(self.path / "tokenizer")
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from cptrain import checkpoint
 from cptrain.config import Config
-from cptrain.configtools import ConfigError
+from cptrain.configtools import ConfigError, to_dict
 from cptrain.looptools import Lookahead, StopFlag
 from cptrain.models.decoder import IGNORE_INDEX, varlen_max_bucket
 from cptrain.ops.adamw import TritonAdamW
@@ -235,6 +235,30 @@ def restore_schedule(trainer: Trainer, step: int) -> None:
         group["lr"] = base * lr_multiplier(step, trainer.cfg.schedule, trainer.cfg.train.steps)
 
 
+def check_vocab(args, tokenizer) -> None:
+    """Token ids at or past the embedding's rows would crash the first forward, deep in torch.embedding."""
+    n = len(tokenizer)
+    if n > args.vocab_size:
+        raise ConfigError(f"the model's vocab_size ({args.vocab_size}) is smaller than its tokenizer's {n} tokens: "
+                          f"set model.overrides.vocab_size = {n} (or more), or use the model's own tokenizer")
+
+
+def _already_done(step_dir: Path, run_dir: Path, cfg: Config) -> dict | None:
+    """A launch whose checkpoint is already at train.steps: nothing to train. The run's own checkpoint: report it
+    and leave the folder untouched (relaunching a finished job must not rewrite its results). A checkpoint
+    from elsewhere: the user meant to train on, so train.steps is wrong."""
+    at = checkpoint.saved_step(step_dir)
+    if at < cfg.train.steps:
+        return None
+    if step_dir.parent != run_dir / "checkpoints":
+        raise ConfigError(f"checkpoint.resume = {cfg.checkpoint.resume!r} was saved at step {at}, and "
+                          f"train.steps = {cfg.train.steps} leaves nothing to train: raise train.steps")
+    if dist.get_rank() == 0:
+        print(f"run already complete: {step_dir} is at step {at} of train.steps = {cfg.train.steps}; nothing to "
+              "do (raise train.steps to train on)", flush=True)
+    return {"complete_at": at}
+
+
 def run(cfg: Config) -> dict:
     """Train as configured; works as a plain process, under torchrun and under srun."""
     from cptrain.parallel.dims import init_distributed, shutdown
@@ -256,14 +280,24 @@ def _run(cfg: Config, env) -> dict:
     from cptrain.runfolder import RunFolder, step_metrics
 
     folder = RunFolder(Path(cfg.train.run_dir), env.is_main)
-    folder.prepare(cfg)
+    # every check comes before anything in the run folder is written: a launch that fails leaves it as it was
+    resume_from = checkpoint.find_resume(folder.path, cfg.checkpoint.resume)
+    if resume_from is not None:
+        done = _already_done(resume_from, folder.path, cfg)
+        if done is not None:
+            return done
     torch.manual_seed(cfg.train.seed)
     mesh = build_mesh(cfg.parallel, env)
     dp = env.world_size
     accum = grad_accum_steps(cfg, dp)
     tokenizer = load_tokenizer(cfg.model.tokenizer_source)
     args = model_args(cfg.model)
-    folder.save_model_info(args, tokenizer)
+    check_vocab(args, tokenizer)
+    if resume_from is not None:
+        folder.check_fits(resume_from, args)
+    folder.create(fresh=resume_from is None)
+    log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
+                        cfg.logging.wandb_project, config=to_dict(cfg))
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
                         micro_batch_size=cfg.train.micro_batch_size, fsdp=cfg.parallel.fsdp,
                         reshard_after_forward=cfg.parallel.reshard_after_forward)
@@ -272,10 +306,7 @@ def _run(cfg: Config, env) -> dict:
     loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
                                 micro_batches_per_step=accum, **data_kw)
     eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
-    log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
-                        cfg.logging.wandb_project)
 
-    resume_from = checkpoint.find_resume(folder.path, cfg.checkpoint.resume)
     if resume_from is not None:
         optimizer = trainer.optimizer if cfg.checkpoint.load_optimizer else None
         state, data_state = checkpoint.load(resume_from, model, optimizer,
@@ -285,8 +316,14 @@ def _run(cfg: Config, env) -> dict:
         if data_state is not None:
             loader.load_state_dict(data_state)
         log.info(f"resumed from {resume_from} at step {trainer.step}")
+    folder.write_metadata(cfg, args, tokenizer)
 
-    def evaluate(tag: str) -> dict:
+    if not eval_batches:
+        log.info("no held-out data (data.eval_fraction = 0 or too few documents): held-out loss not measured")
+
+    def evaluate(tag: str) -> dict | None:
+        if not eval_batches:
+            return None
         result = heldout_loss(model, eval_batches, env.device)
         sample = generate(model, tokenizer, cfg.eval.sample_prompt, cfg.eval.sample_tokens, env.device)
         folder.write_sample(tag, sample)
@@ -371,7 +408,10 @@ def _run(cfg: Config, env) -> dict:
     summary.update(steps=trainer.step, train_seconds=round(train_seconds, 1), skipped_steps=trainer.skipped_steps,
                    tokens_seen=trainer.tokens_seen, data_report=feed.report())
     folder.write_summary(summary)
-    log.info(f"held-out loss {summary['before']['loss']:.4f} -> {summary['after']['loss']:.4f} "
-             f"in {train_seconds:.0f}s of training; run folder {folder.path}")
+    if summary["before"] is not None:
+        log.info(f"held-out loss {summary['before']['loss']:.4f} -> {summary['after']['loss']:.4f} "
+                 f"in {train_seconds:.0f}s of training; run folder {folder.path}")
+    else:
+        log.info(f"trained {trainer.step} steps in {train_seconds:.0f}s; run folder {folder.path}")
     log.close()
     return summary

@@ -1,36 +1,18 @@
 """Stop at step k, resume: the losses equal an uninterrupted run's, bitwise (CPU, fp32)."""
 
 import json
-import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-from cptrain.config import load_config
 from cptrain.train import run
+from tests.train.tiny_runs import debug_cfg as _cfg
+from tests.train.tiny_runs import make_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, smollm_tokenizer):
-    """40 real stdlib files as text documents, and the tokenizer saved where the recipe can find it."""
-    root = tmp_path_factory.mktemp("corpus")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for f in sorted(stdlib.glob("*.py"))[:40]:
-        shutil.copy(f, root / (f.stem + ".txt"))
-    tok_dir = tmp_path_factory.mktemp("tok")
-    smollm_tokenizer.save_pretrained(tok_dir)
-    return root, tok_dir
-
-
-def _cfg(run_dir, corpus, *extra):
-    root, tok = corpus
-    return load_config(None, [
-        "model.preset=debug", "model.init=random", f"model.tokenizer='{tok}'", "model.overrides={vocab_size=49152}",
-        f"data.sources=[{{path='{root}', format='txt'}}]", "data.eval_fraction=0.1",
-        "precision.param_dtype=fp32", "train.steps=6", "train.seq_len=64", "train.micro_batch_size=2",
-        "train.global_batch_size=4", f"train.run_dir='{run_dir}'", "checkpoint.every_steps=3",
-        "eval.max_batches=1", "eval.sample_tokens=2", "schedule.warmup_steps=2", "optim.lr=3e-3", *extra])
+    return make_corpus(tmp_path_factory, smollm_tokenizer)
 
 
 def _losses(run_dir: Path) -> dict[int, float]:

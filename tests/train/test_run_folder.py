@@ -1,0 +1,144 @@
+"""What a launch may do to an existing run folder: refuse before writing, never mix two runs, never lose a
+committed checkpoint, and leave a finished run untouched (CPU, the debug preset, real files)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cptrain import checkpoint
+from cptrain.configtools import ConfigError
+from cptrain.train import run
+from tests.train.tiny_runs import debug_cfg, make_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, smollm_tokenizer):
+    return make_corpus(tmp_path_factory, smollm_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, corpus):
+    """A finished 6-step run with committed checkpoints at steps 3 and 6, shared read-only by the tests below
+    (each test that changes a run folder copies it first)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    run(debug_cfg(run_dir, corpus))
+    return run_dir
+
+
+def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the run folder with its size and modification time."""
+    return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["step"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_relaunching_a_finished_run_changes_nothing(finished, corpus):
+    before = _snapshot(finished)
+    assert run(debug_cfg(finished, corpus)) == {"complete_at": 6}
+    assert _snapshot(finished) == before
+
+
+def test_fresh_start_into_a_folder_with_checkpoints_is_refused_untouched(finished, corpus):
+    before = _snapshot(finished)
+    with pytest.raises(ConfigError, match="already holds checkpoints.*step-3, step-6"):
+        run(debug_cfg(finished, corpus, "checkpoint.resume=never", "train.steps=2"))
+    assert _snapshot(finished) == before
+
+
+def test_launch_with_another_model_shape_is_refused_before_writing(finished, tmp_path, corpus):
+    run_dir = _copy(finished, tmp_path / "run")
+    before = _snapshot(run_dir)
+    with pytest.raises(ConfigError, match="n_layers 2 -> 3"):
+        run(debug_cfg(run_dir, corpus, "model.overrides={vocab_size=49152, n_layers=3}", "train.steps=8"))
+    assert _snapshot(run_dir) == before  # config.resolved.toml and model_args.json as the checkpoints' run left them
+
+
+def test_a_model_smaller_than_its_tokenizer_is_refused(tmp_path, corpus):
+    with pytest.raises(ConfigError, match="vocab_size .512. is smaller than its tokenizer's 49152"):
+        run(debug_cfg(tmp_path / "run", corpus, "model.overrides={}"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_path_is_only_the_starting_point(finished, tmp_path, corpus):
+    """A branch from another run's step 3 that is pre-empted at step 5: relaunching the same command goes on
+    from the branch's own step 5, not from step 3 again (a SLURM requeue relaunches with the same arguments)."""
+    branch = tmp_path / "branch"
+    start = str(finished / "checkpoints" / "step-3")
+    args = (f"checkpoint.resume='{start}'", "train.steps=8", "checkpoint.every_steps=0")
+    assert run(debug_cfg(branch, corpus, *args, "train.stop_at_step=5")) == {"stopped_at": 5}
+    summary = run(debug_cfg(branch, corpus, *args))
+    assert summary["steps"] == 8
+    assert _logged_steps(branch) == [4, 5, 6, 7, 8]
+
+
+def test_branch_from_a_checkpoint_at_or_past_train_steps_is_refused(finished, tmp_path, corpus):
+    start = str(finished / "checkpoints" / "step-6")
+    with pytest.raises(ConfigError, match="saved at step 6.*nothing to train"):
+        run(debug_cfg(tmp_path / "branch", corpus, f"checkpoint.resume='{start}'", "train.steps=6"))
+
+
+def test_a_missing_resume_path_is_a_config_error(tmp_path, corpus):
+    with pytest.raises(ConfigError, match="not a committed step folder"):
+        run(debug_cfg(tmp_path / "run", corpus, f"checkpoint.resume='{tmp_path / 'nowhere'}'"))
+
+
+def test_fresh_start_keeps_an_earlier_runs_metrics(tmp_path, corpus):
+    """A folder whose earlier run saved no checkpoint: the new run starts at step 0 with its own metrics.jsonl,
+    the old lines kept beside it."""
+    run_dir = tmp_path / "run"
+    no_ckpt = ("checkpoint.every_steps=0", "checkpoint.save_final=false", "train.steps=2")
+    run(debug_cfg(run_dir, corpus, *no_ckpt))
+    run(debug_cfg(run_dir, corpus, *no_ckpt))
+    assert _logged_steps(run_dir) == [1, 2]
+    assert (run_dir / "metrics.prev-1.jsonl").is_file()
+    assert [r["step"] for r in map(json.loads, (run_dir / "metrics.prev-1.jsonl").read_text().splitlines())
+            if "loss" in r] == [1, 2]
+
+
+def test_no_heldout_data_skips_the_eval(tmp_path, corpus):
+    summary = run(debug_cfg(tmp_path / "run", corpus, "data.eval_fraction=0", "train.steps=2",
+                            "checkpoint.every_steps=0"))
+    assert summary["before"] is None and summary["after"] is None and summary["steps"] == 2
+
+
+def test_saving_a_committed_step_again_keeps_the_old_one_until_the_new_one_commits(finished, tmp_path, corpus):
+    """checkpoint.save over a committed step folder: a save that fails halfway leaves the committed one whole
+    (and still found by resume); a save that succeeds replaces it and leaves nothing beside it."""
+    import torch
+
+    from cptrain.models.build import build_model
+    from cptrain.optim import build_optimizer
+    from cptrain.parallel.dims import build_mesh, init_distributed, shutdown
+
+    cfg = debug_cfg(tmp_path / "run", corpus)
+    run_dir = _copy(finished, tmp_path / "run")
+    step_dir = run_dir / "checkpoints" / "step-6"
+    before = _snapshot(step_dir)
+    env = init_distributed("cpu")
+    try:
+        model = build_model(cfg.model, cfg.precision, build_mesh(cfg.parallel, env), torch.device("cpu"),
+                            seq_len=64, micro_batch_size=2)
+        optimizer = build_optimizer(model, cfg.optim, "cpu")
+        with pytest.raises(Exception):  # the data state cannot be pickled: fails after the DCP shards are written
+            checkpoint.save(step_dir, model, optimizer, train_state={"step": 6}, data_state={"f": lambda: 0},
+                            keep_latest_k=2)
+        assert _snapshot(step_dir) == before
+        assert checkpoint.find_resume(run_dir, "auto") == step_dir
+        checkpoint.save(step_dir, model, optimizer, train_state={"step": 6}, data_state={}, keep_latest_k=2)
+    finally:
+        shutdown()
+    assert (step_dir / checkpoint.MARKER).is_file() and (step_dir / "model").is_dir()
+    assert _snapshot(step_dir) != before
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-3", "step-6"]
