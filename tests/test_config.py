@@ -46,7 +46,8 @@ def test_pretrained_needs_path():
 
 def test_recipe_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "r.toml"
-    bad.write_text("[optim]\nlr = 'fast'\n")
+    bad.write_text("[model]\npreset = 'debug'\ninit = 'random'\ntokenizer = 't'\n[optim]\nlr = 'fast'\n"
+                   "[[data.sources]]\npath = 'builtin:python-stdlib'\n")
     with pytest.raises(ConfigError, match=r"r\.toml: optim\.lr"):
         load_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
@@ -55,7 +56,8 @@ def test_recipe_file_errors_name_the_file(tmp_path):
 
 def test_dry_run_prints_resolved_config(tmp_path, capsys):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[model]\npreset = "debug"\ninit = "random"\ntokenizer = "t"\n[train]\nsteps = 7\n')
+    recipe.write_text('[model]\npreset = "debug"\ninit = "random"\ntokenizer = "t"\n[train]\nsteps = 7\n'
+                      '[[data.sources]]\npath = "builtin:python-stdlib"\n')
     assert main(["run", str(recipe), "optim.lr=5e-5", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "steps = 7" in out and "lr = 5e-05" in out

@@ -43,8 +43,22 @@ def _inspect_model(ns: argparse.Namespace) -> int:
 def _generate(ns: argparse.Namespace) -> int:
     from cptrain.evaluate import generate_from_path
 
+    if not ns.prompt:
+        raise ConfigError("generate: the prompt is empty; give some text for the model to continue")
+
     print(generate_from_path(ns.model, ns.prompt, ns.max_new_tokens))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts where 0 or less would silently do nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _forward_to(module: str) -> callable:
@@ -64,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train from a TOML recipe (plain process, torchrun or srun)")
     p.add_argument("recipe", help="path to a recipe .toml")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-4")
+    # default=[]: without one argparse counts a nargs="*" positional as required and names it in the
+    # "the following arguments are required" message when the recipe is missing
+    p.add_argument("overrides", nargs="*", default=[], help="key.sub=value overrides, e.g. optim.lr=1e-4")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_run)
 
@@ -76,14 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect-model", help="architecture, parameter count and memory estimate")
     p.add_argument("model", help="preset name, HF directory, .gguf file or builtin:smollm2-135m")
-    p.add_argument("--seq-len", type=int, default=8192)
-    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--seq-len", type=_positive_int, default=8192)
+    p.add_argument("--micro-batch-size", type=_positive_int, default=1)
     p.set_defaults(func=_inspect_model)
 
     p = sub.add_parser("generate", help="sample a continuation from a model path")
-    p.add_argument("model")
-    p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("model", help="HF directory, .gguf file or builtin:smollm2-135m (export a run first)")
+    p.add_argument("prompt", help="text to continue (not empty)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.set_defaults(func=_generate)
 
     for name, text in [

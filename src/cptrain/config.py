@@ -6,13 +6,21 @@ seconds, not a queued job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import tomli_w
 
-from cptrain.configtools import ConfigError, apply_overrides, from_dict, load_toml, require, to_dict
+from cptrain.configtools import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_toml,
+    override_for,
+    require,
+    to_dict,
+)
 from cptrain.data.config import DataConfig
 
 __all__ = ["Config", "ConfigError", "load_config"]
@@ -35,7 +43,7 @@ class ModelConfig:
     attention: Literal["auto", "sdpa", "flex", "hybrid", "varlen", "reference"] = "auto"
     long_doc_min_tokens: int = 0  # 0: off (hybrid without it uses HYBRID_MIN_DOC_TOKENS)
     loss: Literal["naive", "fused_chunked"] = "fused_chunked"
-    tiled_mlp: str = "off"  # off | auto | N tiles
+    tiled_mlp: str | int = "off"  # off | auto | N tiles (TOML 4 or "4"; kept as the string "4")
     activation_checkpointing: Literal["none", "full"] = "none"
     compile: bool = False
 
@@ -52,11 +60,22 @@ class ModelConfig:
                               f"use {prefix}.init = 'random' to train a preset from scratch")
         require(self.long_doc_min_tokens >= 0, f"{prefix}.long_doc_min_tokens", self.long_doc_min_tokens,
                 ">= 0 (0: no hybrid attention under attention = 'auto')")
-        ok = self.tiled_mlp in ("off", "auto") or (self.tiled_mlp.isdigit() and int(self.tiled_mlp) >= 1)
+        tiles = str(self.tiled_mlp)
+        ok = tiles in ("off", "auto") or (tiles.isdigit() and int(tiles) >= 1)
         require(ok, f"{prefix}.tiled_mlp", self.tiled_mlp, "'off', 'auto' or a tile count >= 1")
+        self.tiled_mlp = tiles  # one type downstream (models/build.py, ops/tiled_mlp.py)
+        self._check_overrides(prefix)
         if self.tokenizer is None and self.path is None:
             raise ConfigError(f"{prefix}.tokenizer is needed when {prefix}.path is unset "
                               "(an HF directory, .gguf file or builtin:smollm2-135m to take the tokenizer from)")
+
+    def _check_overrides(self, prefix: str) -> None:
+        """Names and types of `overrides` against ModelArgs now, not after the run folder is written; the
+        shape rules between fields (heads vs kv heads...) wait for the full shape in models/build.py."""
+        from cptrain.models.presets import ModelArgs
+
+        args = from_dict(ModelArgs, self.overrides, f"{prefix}.overrides")
+        self.overrides = {name: getattr(args, name) for name in self.overrides}
 
     @property
     def tokenizer_source(self) -> str:
@@ -78,9 +97,11 @@ class ParallelConfig:
     reshard_after_forward: bool = True
 
     def validate(self, prefix: str) -> None:
+        # parallel/dims.py builds a 1-D FSDP mesh only; refusing the others here lets --dry-run say so
         for name in ("dp_replicate", "tp", "pp", "cp"):
             v = getattr(self, name)
-            require(v >= 1, f"{prefix}.{name}", v, "an integer >= 1")
+            require(v == 1, f"{prefix}.{name}", v,
+                    "1 (only FSDP data parallelism, parallel.dp_shard, is implemented in this version)")
         require(self.dp_shard == -1 or self.dp_shard >= 1, f"{prefix}.dp_shard", self.dp_shard, "-1 or >= 1")
 
 
@@ -173,7 +194,12 @@ class EvalConfig:
     sample_tokens: int = 48
 
     def validate(self, prefix: str) -> None:
+        require(self.every_steps >= 0, f"{prefix}.every_steps", self.every_steps,
+                ">= 0 (0: only before and after training)")
         require(self.max_batches >= 1, f"{prefix}.max_batches", self.max_batches, ">= 1")
+        require(self.sample_tokens >= 0, f"{prefix}.sample_tokens", self.sample_tokens, ">= 0 (0: no sample)")
+        require(self.sample_prompt != "" or self.sample_tokens == 0, f"{prefix}.sample_prompt",
+                self.sample_prompt, "some text for the model to continue (or eval.sample_tokens = 0)")
 
 
 @dataclass
@@ -195,7 +221,13 @@ class TrainConfig:
         require(self.seq_len >= 2, f"{prefix}.seq_len", self.seq_len, ">= 2")
         require(self.micro_batch_size >= 1, f"{prefix}.micro_batch_size", self.micro_batch_size, ">= 1")
         require(self.global_batch_size >= 0, f"{prefix}.global_batch_size", self.global_batch_size, ">= 0")
+        # the multiple of micro_batch_size x data-parallel ranks waits for the world size (train.py)
+        require(self.global_batch_size % self.micro_batch_size == 0, f"{prefix}.global_batch_size",
+                self.global_batch_size, f"a multiple of {prefix}.micro_batch_size = {self.micro_batch_size} "
+                "(0: micro_batch_size x data-parallel ranks)")
         require(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", self.max_grad_norm, ">= 0 (0 disables)")
+        require(self.stop_at_step >= 0, f"{prefix}.stop_at_step", self.stop_at_step,
+                ">= 0 (0: run all steps)")
 
 
 @dataclass
@@ -215,13 +247,40 @@ class Config:
         return tomli_w.dumps(to_dict(self))
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a recipe, apply overrides and validate; raises ConfigError naming the key at fault."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
+                need_data: bool | None = None) -> Config:
+    """Read a recipe, apply overrides and validate every section, those the recipe leaves out included;
+    raises ConfigError naming the key at fault and whether the recipe or a command-line override set it.
+
+    `need_data` (default: when a recipe is read) requires data.sources: a recipe is there to be run, while a
+    config built from overrides alone (tests, benchmarks) may feed the Trainer batches of its own."""
     raw = load_toml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides)
     try:
+        _require_keys(raw, "the recipe" if path is not None else "the config",
+                      path is not None if need_data is None else need_data)
+        for section in fields(Config):
+            raw.setdefault(section.name, {})  # an empty table: its defaults get validated too
         cfg = from_dict(Config, raw)
     except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{e}") from None
+        override = override_for(e.key, overrides)
+        where = f"command-line override {override!r}: " if override else f"{path}: " if path else ""
+        raise ConfigError(f"{where}{e}", e.key) from None
     return cfg
+
+
+def _require_keys(raw: dict, where: str, need_data: bool) -> None:
+    """Keys with no usable default, reported as missing rather than as the default's failure further on
+    (an unset model.path used to surface as "model.path = 'None': no such file" once the run had started)."""
+    model = raw.get("model", {})
+    if isinstance(model, dict) and "path" not in model and "preset" not in model:
+        from cptrain.models.presets import PRESETS
+
+        raise ConfigError(f"model.path and model.preset are both missing from {where}: set model.path (an HF "
+                          "directory, .gguf file or builtin:smollm2-135m) or model.preset (a named shape: "
+                          f"{', '.join(PRESETS)}) in its [model] table", "model.path")
+    data = raw.get("data", {})
+    if need_data and isinstance(data, dict) and not data.get("sources"):
+        raise ConfigError(f"data.sources is missing from {where}: add a [[data.sources]] table with a "
+                          "path (a file, folder, glob, builtin:python-stdlib, or with format = 'datasets' a "
+                          "dataset name)", "data.sources")

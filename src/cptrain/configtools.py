@@ -17,7 +17,15 @@ import tomllib
 
 
 class ConfigError(ValueError):
-    """A config problem a user can fix; the message names the key, the value and what is allowed."""
+    """A config problem a user can fix; the message names the key, the value and what is allowed.
+
+    `key` (when known) is the dotted key at fault, so that `load_config` can tell whether the recipe
+    file or a command-line override set it.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def closest(name: str, choices: typing.Iterable[str]) -> str:
@@ -47,45 +55,46 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         allowed = " or ".join(_type_name(a) for a in args if a is not type(None))
-        raise ConfigError(f"{key}: expected {allowed}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}: expected {allowed}, got {value!r} ({type(value).__name__})", key)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(
                 f"{key}: {value!r} is not allowed; choose one of {', '.join(repr(a) for a in args)}"
-                + (closest(str(value), [str(a) for a in args]) if isinstance(value, str) else "")
+                + (closest(str(value), [str(a) for a in args]) if isinstance(value, str) else ""),
+                key,
             )
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})", key)
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
+            raise ConfigError(f"{key}: expected a table, got {value!r}", key)
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table of {tp.__name__} keys, got {value!r}")
+            raise ConfigError(f"{key}: expected a table of {tp.__name__} keys, got {value!r}", key)
         return from_dict(tp, value, key)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})", key)
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})", key)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {value!r}", key)
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})", key)
         return value
     return value
 
@@ -99,7 +108,7 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
             near = closest(key, names).replace("'", f"'{prefix}." if prefix else "'", 1)
-            raise ConfigError(f"unknown key '{full}'{near} (valid keys here: {', '.join(names)})")
+            raise ConfigError(f"unknown key '{full}'{near} (valid keys here: {', '.join(names)})", full)
         kwargs[key] = _coerce(value, hints[key], full)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -154,6 +163,22 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
     return raw
 
 
+def override_for(key: str | None, overrides: typing.Sequence[str]) -> str | None:
+    """The last override that set `key`, a table around it or a key inside it; None when none did
+    (then the value came from the file or a default)."""
+    if key is None:
+        return None
+    for text in reversed(overrides):
+        name = text.split("=", 1)[0].strip()
+        if _within(key, name) or _within(name, key):
+            return text
+    return None
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith((f"{outer}.", f"{outer}["))
+
+
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -168,4 +193,4 @@ def load_toml(path: str | Path) -> dict:
 def require(cond: bool, key: str, value: Any, allowed: str) -> None:
     """Raise a ConfigError naming `key`, `value` and what is allowed unless `cond` holds."""
     if not cond:
-        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
+        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}", key)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from cptrain.configtools import ConfigError
 from cptrain.models.decoder import IGNORE_INDEX
 
 
@@ -46,6 +48,9 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, device: torch.d
     was_training = model.training
     model.eval()
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+    if ids.shape[1] == 0:  # the model cannot take an empty row (no BOS is added for SmolLM2 / Qwen)
+        raise ConfigError(f"the prompt {prompt!r} is no tokens at all; give some text for the model to "
+                          "continue")
     eos = tokenizer.eos_token_id
     for _ in range(max_new_tokens):
         logits = model(ids)[:, -1]
@@ -61,6 +66,27 @@ def generate_from_path(model_path: str, prompt: str, max_new_tokens: int) -> str
     """`cptrain generate`: load an HF directory / GGUF / builtin model on one device and sample."""
     from cptrain.models.hf import load_pretrained, load_tokenizer
 
+    _refuse_run_folder(Path(model_path).expanduser())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_pretrained(model_path, device=device)
     return generate(model, load_tokenizer(model_path), prompt, max_new_tokens, device)
+
+
+def _refuse_run_folder(path: Path) -> None:
+    """A run folder (or one of its checkpoints/step-N) holds DCP shards, not a model transformers reads:
+    point to its exported `hf/` or to `cptrain export` instead of "not a Hugging Face model directory"."""
+    if not path.is_dir() or (path / "config.json").is_file():
+        return
+    if path.parent.name == "checkpoints":
+        run = path.parent.parent
+    elif (path / "config.resolved.toml").is_file() or (path / "checkpoints").is_dir():
+        run = path
+    else:
+        return
+    hf = run / "hf"
+    if (hf / "config.json").is_file() and run == path:
+        raise ConfigError(f"{path} is a cptrain run folder, not a model: generate from its exported model "
+                          f"with `cptrain generate {hf} PROMPT`")
+    kind = "run folder" if run == path else "checkpoint"
+    raise ConfigError(f"{path} is a cptrain {kind}, not a model: export it first with "
+                      f"`cptrain export {path} OUT`, then `cptrain generate OUT PROMPT`")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from cptrain.configtools import ConfigError
+
 GIB = 1024**3
 
 
@@ -39,14 +41,19 @@ class MetricsLogger:
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ImportError("logging.tensorboard needs tensorboard: pip install tensorboard") from e
+            except ImportError:
+                raise ConfigError("logging.tensorboard = true needs the tensorboard package: pip install "
+                                  "tensorboard (or set logging.tensorboard = false)",
+                                  "logging.tensorboard") from None
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
         if enabled and wandb_project:
             try:
                 import wandb
-            except ImportError as e:
-                raise ImportError("logging.wandb_project needs wandb: pip install wandb") from e
+            except ImportError:
+                raise ConfigError(f"logging.wandb_project = {wandb_project!r} needs the wandb package: "
+                                  "pip install wandb (or remove logging.wandb_project)",
+                                  "logging.wandb_project") from None
+            # the run's resolved config, so W&B can filter and compare runs by their settings
             self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config or {})
 
     def log(self, step: int, values: dict) -> None:

@@ -230,6 +230,8 @@ class Decoder(nn.Module):
             return f"varlen ({kernel}): each document its own causal sequence"
         if self.attention_backend == "auto" and device.type == "cuda":
             return "auto: causal SDPA (cuDNN) for single-document rows, FlexAttention for packed rows"
+        if self.attention_backend == "auto":
+            return "auto: SDPA with a document mask"
         return self.attention_backend
 
     @staticmethod

@@ -11,9 +11,17 @@ def args_for(model: str) -> ModelArgs:
     """A preset name, or a path/builtin whose HF config is read (no weights are loaded)."""
     if model in PRESETS:
         return get_preset(model)
+    from cptrain.configtools import ConfigError, closest
     from cptrain.models.hf import args_from_hf_config, load_hf_config, resolve_model_path
 
-    return args_from_hf_config(load_hf_config(resolve_model_path(model)))
+    try:
+        path = resolve_model_path(model)
+    except ConfigError as e:  # a mistyped preset name reads as a missing path: offer the preset too
+        if model.startswith("builtin:"):
+            raise
+        raise ConfigError(f"{e}, and not a preset name{closest(model, PRESETS)} (presets: "
+                          f"{', '.join(PRESETS)})") from None
+    return args_from_hf_config(load_hf_config(path))
 
 
 def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dict[str, float]:

@@ -1,0 +1,111 @@
+"""Command-line and logger errors a user meets before any training: one line that says what to do."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from cptrain.cli import main
+from cptrain.configtools import ConfigError
+from cptrain.metrics import MetricsLogger
+
+
+def test_run_without_recipe_names_only_the_recipe(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "the following arguments are required: recipe" in err and "overrides" not in err.splitlines()[-1]
+
+
+def test_inspect_model_suggests_the_closest_preset(capsys):
+    assert main(["inspect-model", "llama3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cptrain: error: ") and "did you mean 'llama3." in err and "qwen3-8b" in err
+
+
+@pytest.mark.parametrize("flag", ["--max-new-tokens", "--seq-len", "--micro-batch-size"])
+def test_counts_below_one_are_refused(flag, capsys):
+    generate = flag == "--max-new-tokens"
+    argv = ["generate", "builtin:smollm2-135m", "hi"] if generate else ["inspect-model", "debug"]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, flag, "-3"])
+    assert e.value.code == 2
+    assert f"argument {flag}: expected an integer >= 1, got -3" in capsys.readouterr().err
+
+
+def test_generate_refuses_an_empty_prompt(capsys):
+    assert main(["generate", "builtin:smollm2-135m", ""]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_prompt_of_no_tokens(smollm_tokenizer):
+    """Library callers (the trainer's eval sample) get the same clear error instead of a reshape failure."""
+    from cptrain.evaluate import generate
+    from cptrain.models.decoder import Decoder
+    from cptrain.models.presets import ModelArgs
+
+    model = Decoder(ModelArgs(vocab_size=49152))
+    with pytest.raises(ConfigError, match="the prompt '' is no tokens at all"):
+        generate(model, smollm_tokenizer, "", 4, torch.device("cpu"))
+
+
+def _run_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-2").mkdir(parents=True)
+    (run / "config.resolved.toml").write_text("")
+    return run
+
+
+def test_generate_on_a_run_folder_points_to_export(tmp_path, capsys):
+    run = _run_folder(tmp_path)
+    assert main(["generate", str(run), "def "]) == 2
+    assert f"is a cptrain run folder, not a model: export it first with `cptrain export {run} OUT`" in (
+        capsys.readouterr().err)
+    step = run / "checkpoints" / "step-2"
+    assert main(["generate", str(step), "def "]) == 2
+    assert f"is a cptrain checkpoint, not a model: export it first with `cptrain export {step} OUT`" in (
+        capsys.readouterr().err)
+
+
+def test_generate_on_an_exported_run_folder_points_to_hf(tmp_path, capsys):
+    run = _run_folder(tmp_path)
+    (run / "hf").mkdir()
+    (run / "hf" / "config.json").write_text("{}")
+    assert main(["generate", str(run), "def "]) == 2
+    assert f"`cptrain generate {run / 'hf'} PROMPT`" in capsys.readouterr().err
+
+
+def test_missing_tensorboard_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as when tensorboard is not installed
+    with pytest.raises(ConfigError, match=r"logging.tensorboard = true needs the tensorboard package: "
+                                          r"pip install tensorboard"):
+        MetricsLogger(tmp_path, 10, True, tensorboard=True)
+    MetricsLogger(tmp_path, 10, False, tensorboard=True).close()  # other ranks never import it
+
+
+def test_missing_wandb_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ConfigError, match="logging.wandb_project = 'proj' needs the wandb package"):
+        MetricsLogger(tmp_path, 10, True, False, "proj")
+
+
+def test_wandb_gets_the_run_config(tmp_path, monkeypatch):
+    calls = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", values, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.append(("init", kw)) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    log = MetricsLogger(tmp_path, 10, True, False, "proj", config={"optim": {"lr": 1e-4}})
+    log.log(1, {"loss": 2.0})
+    log.close()
+    assert calls[0] == ("init", {"project": "proj", "dir": str(tmp_path), "config": {"optim": {"lr": 1e-4}}})
+    assert calls[1:] == [("log", {"loss": 2.0}, 1), ("finish",)]

@@ -1,0 +1,154 @@
+"""Load-time checks: keys a recipe leaves out, world-size-free batch and parallel rules, ranges, and whether
+the recipe or a command-line override is blamed. All of these must fail `cptrain run --dry-run`."""
+
+from pathlib import Path
+
+import pytest
+
+from cptrain.cli import main
+from cptrain.config import load_config
+from cptrain.configtools import ConfigError
+
+BASE = ["model.preset=debug", "model.init=random", "model.tokenizer=tok"]
+MODEL = '[model]\npreset = "debug"\ninit = "random"\ntokenizer = "tok"\n'
+SOURCES = '[[data.sources]]\npath = "builtin:python-stdlib"\n'
+
+
+def recipe(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def err(*overrides) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*BASE, *overrides])
+    return str(e.value)
+
+
+def dry_run_error(capsys, *argv) -> str:
+    assert main(["run", *map(str, argv), "--dry-run"]) == 2
+    return capsys.readouterr().err
+
+
+# 1. sections a recipe leaves out are validated too; keys without a usable default are reported as missing
+
+
+def test_recipe_without_model_names_the_missing_keys(tmp_path, capsys):
+    path = recipe(tmp_path, SOURCES)
+    msg = dry_run_error(capsys, path)
+    assert f"{path}: model.path and model.preset are both missing from the recipe" in msg
+    assert "builtin:smollm2-135m" in msg and "debug" in msg
+
+
+def test_recipe_without_data_sources_is_refused(tmp_path, capsys):
+    path = recipe(tmp_path, MODEL)
+    assert "data.sources is missing from the recipe" in dry_run_error(capsys, path)
+    with pytest.raises(ConfigError, match="data.sources is missing"):
+        load_config(recipe(tmp_path, MODEL + "[data]\nsources = []\n"))
+
+
+def test_config_from_overrides_alone_may_omit_data():
+    """Tests and benchmarks build configs in code and feed their own batches; they can still ask for data."""
+    assert load_config(None, BASE).data.sources == []
+    with pytest.raises(ConfigError, match="data.sources is missing from the config"):
+        load_config(None, BASE, need_data=True)
+    with pytest.raises(ConfigError, match="model.path and model.preset are both missing from the config"):
+        load_config(None, [])
+
+
+def test_minimal_recipe_loads_with_every_default(tmp_path):
+    cfg = load_config(recipe(tmp_path, MODEL + SOURCES))
+    assert cfg.train.steps == 100 and cfg.eval.every_steps == 0 and cfg.parallel.tp == 1
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in Path("recipes").glob("*.toml")))
+def test_shipped_recipes_load_and_dry_run_output_loads_again(name, tmp_path):
+    cfg = load_config(Path("recipes") / name)
+    again = load_config(recipe(tmp_path, cfg.to_toml()))
+    assert again.to_toml() == cfg.to_toml()
+
+
+# 2. checks that need no world size run at load time
+
+
+def test_unknown_model_override_suggests_the_field(tmp_path, capsys):
+    msg = dry_run_error(capsys, "recipes/tiny-cpu.toml", "model.overrides.n_layerz=3")
+    assert "unknown key 'model.overrides.n_layerz'; did you mean 'model.overrides.n_layers'?" in msg
+    with pytest.raises(ConfigError, match=r"r\.toml: unknown key 'model\.overrides\.dimm'"):
+        load_config(recipe(tmp_path, MODEL + SOURCES + "[model.overrides]\ndimm = 3\n"))
+    assert "model.overrides.n_layers: expected an integer, got 'x'" in err("model.overrides={n_layers='x'}")
+    assert load_config(None, [*BASE, "model.overrides={n_layers=3, rope_theta=5e5}"]).model.overrides == {
+        "n_layers": 3, "rope_theta": 5e5}
+
+
+def test_global_batch_must_be_a_multiple_of_micro_batch(capsys):
+    msg = err("train.micro_batch_size=2", "train.global_batch_size=7")
+    assert "train.global_batch_size = 7 is not allowed: a multiple of train.micro_batch_size = 2" in msg
+    msg = dry_run_error(capsys, "recipes/tiny-cpu.toml", "train.global_batch_size=7")
+    assert "train.global_batch_size = 7" in msg
+    for ok in (0, 6):
+        load_config(None, [*BASE, "train.micro_batch_size=2", f"train.global_batch_size={ok}"])
+
+
+@pytest.mark.parametrize("dim", ["tp", "pp", "cp", "dp_replicate"])
+def test_unimplemented_parallel_dims_fail_at_load_time(dim, capsys):
+    msg = dry_run_error(capsys, "recipes/tiny-cpu.toml", f"parallel.{dim}=2")
+    assert f"parallel.{dim} = 2 is not allowed" in msg and "only FSDP data parallelism" in msg
+    assert load_config(None, [*BASE, "parallel.dp_shard=4"]).parallel.dp_shard == 4  # world size: at launch
+
+
+# 3. an error in a command-line override is blamed on the override, not the recipe file
+
+
+def test_override_errors_name_the_override(capsys):
+    msg = dry_run_error(capsys, "recipes/tiny-cpu.toml", "train.steps=abc")
+    assert "command-line override 'train.steps=abc': train.steps: expected an integer, got 'abc'" in msg
+    assert "tiny-cpu.toml" not in msg
+    assert "command-line override 'trian.steps=3': unknown key 'trian'" in err("trian.steps=3")
+    assert "command-line override \"data.sources=[{path=''}]\": data.sources[0].path" in err(
+        "data.sources=[{path=''}]")
+
+
+def test_recipe_errors_still_name_the_recipe(tmp_path, capsys):
+    path = recipe(tmp_path, MODEL + SOURCES + "[train]\nsteps = 'abc'\n")
+    msg = dry_run_error(capsys, path, "optim.lr=1e-4")
+    assert f"{path}: train.steps: expected an integer" in msg and "override" not in msg
+
+
+def test_the_last_override_of_a_key_is_blamed():
+    assert "override 'train.steps=-1'" in err("train.steps=4", "train.steps=-1")
+
+
+# 4. negative counts and steps
+
+
+@pytest.mark.parametrize("key, meaning", [("eval.every_steps", "0: only before and after training"),
+                                          ("eval.sample_tokens", "0: no sample"),
+                                          ("train.stop_at_step", "0: run all steps")])
+def test_negative_steps_and_counts_are_refused(key, meaning):
+    msg = err(f"{key}=-3")
+    assert f"{key} = -3 is not allowed: >= 0 ({meaning})" in msg
+    load_config(None, [*BASE, f"{key}=0"])
+
+
+def test_empty_sample_prompt_needs_no_sample_tokens():
+    assert "eval.sample_prompt = '' is not allowed" in err("eval.sample_prompt=''")
+    load_config(None, [*BASE, "eval.sample_prompt=''", "eval.sample_tokens=0"])
+
+
+# 5. model.tiled_mlp takes a tile count as a TOML integer too
+
+
+def test_tiled_mlp_tile_count_from_toml_and_override(tmp_path):
+    from cptrain.ops.tiled_mlp import resolve_num_tiles
+
+    from_toml = load_config(recipe(tmp_path, MODEL + "tiled_mlp = 4\n" + SOURCES))
+    for cfg in (from_toml, load_config(None, [*BASE, "model.tiled_mlp=4"]),
+                load_config(None, [*BASE, "model.tiled_mlp='4'"])):
+        assert cfg.model.tiled_mlp == "4"
+        assert resolve_num_tiles(cfg.model.tiled_mlp, 128, 64, 128, 2) == 4
+    assert load_config(None, [*BASE, "model.tiled_mlp=auto"]).model.tiled_mlp == "auto"
+    for bad in ("0", "-2", "'x'"):
+        assert "'off', 'auto' or a tile count >= 1" in err(f"model.tiled_mlp={bad}")
+    assert "model.tiled_mlp: expected str or int, got True" in err("model.tiled_mlp=true")
