@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", help="another cptrain preset (smoke tests: debug)")
     p.add_argument("--seq-len", type=int, help="another sequence length")
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS, help="where the .md and .json go")
+    p.add_argument("--work-dir", type=Path, default=harness.REPO / "runs" / "bench",
+                   help="where each run makes its work folder <question>-<time> (variant logs, run folders, "
+                   "checkpoints; default: %(default)s)")
     ns = p.parse_args(argv)
     spec = QUESTIONS[ns.question]
     ns.shape, ns.seq_len = ns.shape or spec["shape"], ns.seq_len or spec["seq_len"]
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     info = harness.device_info()
     ns.has_gpu = bool(info["gpus"])
     n_gpus = max(1, info["gpus"]) if ns.question == 2 else 1
-    work = harness.REPO / "runs" / "bench" / f"{question}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work = ns.work_dir.resolve() / f"{question}-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
     variants = plan(ns.question, ns, n_gpus, work)
     if any(v.peer == "torchtitan" and v.cmd for v in variants):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 
+from cptrain.configtools import ConfigError, closest
 from cptrain.data.dedup_samples import most_repeated_exact, near_pairs
 
 # (stage that removes documents, tally before, tally after)
@@ -77,6 +78,9 @@ def collect(root: Path) -> dict:
     damaged = []
     for path in sorted((work / "damaged_inputs").glob("*.json")):
         damaged.extend(json.loads(path.read_text()))
+    unread = []
+    for path in sorted((work / "unread_rows").glob("*.json")):
+        unread.extend(json.loads(path.read_text()))
     shards = work / ("exact_deduped" if manifest["exact"] else "filtered")
     data_files = sorted(p.name for p in (root / "data").glob("*") if p.is_file())
     return {
@@ -91,6 +95,7 @@ def collect(root: Path) -> dict:
             "bad_json_lines": int(reader.get("bad_json_lines", 0)),
             "documents_without_text": int(reader.get("documents_without_text", 0)),
             "damaged": damaged,
+            "unread": sorted(unread, key=lambda u: u["file"]),
         },
         "output": {"dir": str(root / "data"), "files": data_files},
         "examples_exact": most_repeated_exact(work) if manifest["exact"] else [],
@@ -140,6 +145,10 @@ def render(info: dict) -> str:
     ]
     for d in inp["damaged"][:20]:
         lines.append(f"- `{d['file']}`: {d['rows_read']} rows read, then {d['error']}")
+    for u in inp["unread"][:20]:
+        lines.append(f"- `{u['file']}`: {unread_rows(u, s['text_field'])}")
+    if len(inp["unread"]) > 20:
+        lines.append(f"- ... and {len(inp['unread']) - 20} more files with unusable rows (report.json)")
     if info["filter_reasons"]:
         lines += ["", "## Filtered out, by reason", ""]
         lines += [
@@ -175,6 +184,39 @@ def render(info: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def unread_rows(note: dict, text_field: str) -> str:
+    """What was wrong with one file's unusable rows, suggesting the field that likely holds the text."""
+    parts = []
+    if note["missing_field"]:
+        fields = note["fields"]
+        parts.append(
+            f"{note['missing_field']:,} rows without the field {text_field!r} (their fields: "
+            f"{', '.join(fields)}{closest(text_field, fields)})"
+        )
+    if note["without_text"] > note["missing_field"]:
+        parts.append(f"{note['without_text'] - note['missing_field']:,} rows with empty or non-string text")
+    if note["bad_json_lines"]:
+        parts.append(f"{note['bad_json_lines']:,} unparsable JSON lines")
+    return ", ".join(parts)
+
+
+def nothing_read(info: dict) -> ConfigError:
+    """The error for a run that read no document at all: per file, why its rows were unusable."""
+    inp, text_field = info["input"], info["settings"]["text_field"]
+    why = [f"{u['file']}: {unread_rows(u, text_field)}" for u in inp["unread"]]
+    why += [f"{d['file']}: damaged after {d['rows_read']} rows ({d['error']})" for d in inp["damaged"]]
+    if not why:
+        why = ["the files hold no rows"]
+    more = f"; and {len(why) - 3} more files" if len(why) > 3 else ""
+    return ConfigError(
+        f"input.paths: no document could be read from {inp['files']} input "
+        f"file{'s' if inp['files'] != 1 else ''} "
+        f"(input.text_field = {text_field!r}): {'; '.join(why[:3])}{more}. "
+        f"Details: {info['run_dir']}/report.md; after fixing input.text_field or input.format, use a "
+        f"new output.dir or delete {info['run_dir']}"
+    )
 
 
 def write_report(root: str | Path) -> dict:

@@ -24,8 +24,11 @@ INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", 
 _RESULT_SECTIONS = ("input", "output", "filters", "exact", "minhash", "language", "word_tokenizer")
 
 
-def resolve_inputs(paths: list[str]) -> list[str]:
-    """Absolute, sorted, de-duplicated input files; folders are searched for known extensions."""
+def resolve_inputs(paths: list[str], fmt: str = "auto") -> list[str]:
+    """Absolute, sorted, de-duplicated input files; folders are searched for known extensions.
+
+    With format = auto a file named outright must have a known extension too: the reader would take
+    a .txt or .csv file for jsonl and skip every line of it as unparsable."""
     files: set[str] = set()
     for pattern in paths:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
@@ -41,6 +44,12 @@ def resolve_inputs(paths: list[str]) -> list[str]:
                     raise ConfigError(f"input.paths: folder {m!r} holds no {', '.join(INPUT_SUFFIXES)} files")
                 files.update(found)
             elif p.is_file():
+                if fmt == "auto" and not p.name.endswith(INPUT_SUFFIXES):
+                    raise ConfigError(
+                        f"input.paths: {m!r} is not a format cptrain dedup reads; it reads "
+                        f"{', '.join(INPUT_SUFFIXES)} files (for jsonl or parquet files with other names "
+                        "set input.format; plain text can be trained on directly as a data source)"
+                    )
                 files.add(str(p.resolve()))
     return sorted(files)
 
@@ -99,7 +108,7 @@ def describe(cfg: DedupConfig) -> str:
 def prepare(cfg: DedupConfig) -> tuple[RunLayout, list[Stage]]:
     """Resolve inputs, check the folder, write the input list and stage manifest; build the stages."""
     layout = RunLayout(Path(cfg.output.dir).resolve())
-    files = resolve_inputs(cfg.input.paths)
+    files = resolve_inputs(cfg.input.paths, cfg.input.format)
     tasks = default_tasks(cfg, len(files))
     _check_same_config(cfg, layout, tasks)
     layout.input_list.write_text("".join(f"{f}\n" for f in files))
@@ -121,6 +130,7 @@ def prepare(cfg: DedupConfig) -> tuple[RunLayout, list[Stage]]:
             "bands_rows": list(cfg.minhash.bands_rows()),
             "tasks": tasks,
             "input_files": len(files),
+            "text_field": cfg.input.text_field,
             "summary": describe(cfg),
         },
     }
@@ -163,4 +173,10 @@ def run_dedup(cfg: DedupConfig) -> dict | None:
             return None
     else:
         run_local(cfg, layout, stages)
-    return json.loads((layout.root / "report.json").read_text())
+    info = json.loads((layout.root / "report.json").read_text())
+    # nothing read at all: a wrong text_field or format, not a corpus the filters emptied
+    if info["stages"] and not info["stages"][0]["docs_in"]:
+        from cptrain.data.dedup_report import nothing_read
+
+        raise nothing_read(info)
+    return info

@@ -174,6 +174,7 @@ def build_stages(cfg: DedupConfig, layout: RunLayout, tasks: int) -> list[Stage]
             cfg.input.text_field,
             cfg.input.id_field,
             str(work / "damaged_inputs"),
+            str(work / "unread_rows"),
         ),
         Tally("read"),
         *_filters(cfg, layout, tokenizer),

@@ -1,7 +1,8 @@
 """datatrove pipeline steps cptrain adds around datatrove's own dedup and filter blocks.
 
 - `CorpusReader` reads the user's files (jsonl[.gz|.zst], parquet) and skips a damaged file with a
-  count instead of failing the task.
+  count instead of failing the task. Files with rows it could not use (no text, unparsable JSON) get
+  a note naming the fields those rows do have, so a wrong `input.text_field` can be named as such.
 - `ShardReader` reads back exactly the intermediate shard a task wrote in the previous stage: the
   datatrove dedup filters identify documents by (task rank, index in the task's stream), so every
   stage must see the same documents in the same order as the one that computed the signatures.
@@ -27,6 +28,7 @@ from datatrove.utils.logging import logger
 
 # errors that mean "this file is damaged", as opposed to a bug in the pipeline
 _DAMAGED = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError)
+MAX_FIELDS_NOTED = 50  # field names kept per file to suggest a text_field; rows can be wide
 
 
 def input_format(path: str, fmt: str) -> str:
@@ -41,13 +43,16 @@ class CorpusReader(BaseReader):
 
     name = "📖 cptrain corpus reader"
 
-    def __init__(self, paths_file: str, fmt: str, text_field: str, id_field: str, problems_dir: str):
+    def __init__(
+        self, paths_file: str, fmt: str, text_field: str, id_field: str, problems_dir: str, notes_dir: str
+    ):
         super().__init__(text_key=text_field, id_key=id_field)
         self.paths_file = paths_file
         self.fmt = fmt
         self.problems_dir = problems_dir
+        self.notes_dir = notes_dir
 
-    def _rows(self, path: str) -> Iterator[dict]:
+    def _rows(self, path: str, note: dict) -> Iterator[dict]:
         if input_format(path, self.fmt) == "parquet":
             import pyarrow.parquet as pq
 
@@ -64,26 +69,36 @@ class CorpusReader(BaseReader):
                 try:
                     row = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    self.stat_update("bad_json_lines")
-                    continue
+                    row = None
                 if isinstance(row, dict):
                     yield row
                 else:
                     self.stat_update("bad_json_lines")
+                    note["bad_json_lines"] += 1
+
+    def _without_text(self, fields: list | None, note: dict) -> None:
+        """Count a row without usable text; `fields`: the row's fields when it lacks the text field."""
+        self.stat_update("documents_without_text")
+        note["without_text"] += 1
+        if fields is not None:
+            note["missing_field"] += 1
+            note["fields"] = sorted(set(note["fields"]) | set(map(str, fields)))[:MAX_FIELDS_NOTED]
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         with open(self.paths_file, encoding="utf-8") as f:
             paths = [line.rstrip("\n") for line in f if line.strip()]
-        problems = []
+        problems, notes = [], []
         for path in paths[rank::world_size]:
             self.stat_update("input_files")
+            note = {"file": path, "without_text": 0, "missing_field": 0, "bad_json_lines": 0, "fields": []}
             n = 0
             try:
-                for n, row in enumerate(self._rows(path), 1):
+                for n, row in enumerate(self._rows(path, note), 1):
+                    fields = None if self.text_key in row else list(row)  # before the adapter pops them
                     with self.track_time():
                         doc = self.get_document_from_dict(row, path, n - 1)
                     if doc is None:
-                        self.stat_update("documents_without_text")
+                        self._without_text(fields, note)
                         continue
                     self.update_doc_stats(doc)
                     yield doc
@@ -92,10 +107,10 @@ class CorpusReader(BaseReader):
                 self.stat_update("damaged_files")
                 problems.append({"file": path, "rows_read": n, "error": f"{type(e).__name__}: {e}"})
                 logger.warning(f"skipping the rest of damaged input file {path} after {n} rows: {e}")
-        if problems:
-            out = Path(self.problems_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"{rank:05d}.json").write_text(json.dumps(problems, indent=1))
+            if note["without_text"] or note["bad_json_lines"]:
+                notes.append(note)
+        _write_notes(self.problems_dir, rank, problems)
+        _write_notes(self.notes_dir, rank, notes)
 
     def _default_adapter(self, data: dict, path: str, id_in_file: int | str) -> dict:
         text = data.pop(self.text_key, "")
@@ -105,6 +120,13 @@ class CorpusReader(BaseReader):
             "id": str(doc_id) if doc_id is not None else f"{path}:{id_in_file}",
             "metadata": data,
         }
+
+
+def _write_notes(folder: str, rank: int, entries: list[dict]) -> None:
+    if entries:
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{rank:05d}.json").write_text(json.dumps(entries, indent=1))
 
 
 class ShardReader(BaseReader):

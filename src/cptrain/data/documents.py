@@ -19,6 +19,9 @@ from cptrain.data.tokenize import DocumentTokenizer
 
 log = logging.getLogger("cptrain.data")
 MAX_FILES_LISTED = 100  # files with problems named one by one in the report; the rest only counted
+OTHER_FILES = "(other files)"  # the report's entry for problems in files past MAX_FILES_LISTED
+MAX_FILES_LOGGED = 5  # files logged one by one per kind of problem; a source of many small files
+# (every empty __init__.py of the stdlib) would otherwise log a line per file
 BATCH_CHARS = 1 << 17  # stop filling a tokenizer batch here too: long documents need no batching to be fast,
 # and read-ahead is work redone after a resume
 
@@ -34,28 +37,57 @@ def new_stats() -> dict:
     return {"documents": 0, "tokens": 0, "bytes": 0, "skipped": {}, "problem_files": {}, "epoch": 0}
 
 
-def count_skip(stats: dict, source: str, item: Item) -> None:
-    """Count one skipped row or file; log the first problem of each kind in each file."""
+def count_skip(stats: dict, source: str, item: Item, *, log_first: bool = False) -> None:
+    """Count one skipped row or file.
+
+    With `log_first` (streaming training, whose summary is the data report at the end) the first
+    problem of each kind in a file is logged, for the first MAX_FILES_LOGGED files with that kind.
+    `cptrain tokenize` logs nothing here and prints `skip_summary` per source instead."""
     reason = item.reason.split(":")[0]
     stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
     files = stats["problem_files"]
     entry = files.get(item.name)
     if entry is None and len(files) >= MAX_FILES_LISTED:
-        files.setdefault("(other files)", {}).setdefault(reason, {"count": 0, "first_line": 0})["count"] += 1
+        files.setdefault(OTHER_FILES, {}).setdefault(reason, {"count": 0, "first_line": 0})["count"] += 1
         return
     entry = files.setdefault(item.name, {})
     if reason not in entry:
         entry[reason] = {"count": 0, "first_line": item.line}
-        log.warning(
-            "data source %r: %s line %d: skipped (%s); further %s rows in this file are counted "
-            "in the data report",
-            source,
-            item.name,
-            item.line,
-            item.reason,
-            reason,
-        )
+        if log_first:
+            _log_first(source, item, reason, sum(reason in kinds for kinds in files.values()))
     entry[reason]["count"] += 1
+
+
+def _log_first(source: str, item: Item, reason: str, nth_file: int) -> None:
+    if nth_file > MAX_FILES_LOGGED:
+        return
+    further = (
+        f"further files skipped for {reason} are counted in the data report, not logged"
+        if nth_file == MAX_FILES_LOGGED
+        else f"further {reason} rows in this file are counted in the data report"
+    )
+    log.warning(
+        "data source %r: %s line %d: skipped (%s); %s", source, item.name, item.line, item.reason, further
+    )
+
+
+def skip_summary(stats: dict, examples: int = 3) -> list[str]:
+    """One line per kind of skipped row or file: how many, and the first few files it happened in."""
+    lines, files = [], stats["problem_files"]
+    for reason, count in sorted(stats["skipped"].items()):
+        where = [
+            name if reason == "empty_file" else f"{name} line {kinds[reason]['first_line']}"
+            for name, kinds in files.items()
+            if reason in kinds and name != OTHER_FILES
+        ]
+        listed = ", ".join(where[:examples])
+        if reason in files.get(OTHER_FILES, {}):  # past MAX_FILES_LISTED: only counted
+            listed += " and more files"
+        elif len(where) > examples:
+            more = len(where) - examples
+            listed += f" and {more} more file{'s' if more > 1 else ''}"
+        lines.append(f"{count:,} skipped ({reason}): {listed}")
+    return lines
 
 
 class TokenizedDocuments:
@@ -109,7 +141,7 @@ class TokenizedDocuments:
                 self._fill()
             item, tokens = self._ready.popleft()
             if tokens is None:
-                count_skip(self.stats, self.src.name, item)
+                count_skip(self.stats, self.src.name, item, log_first=True)
                 continue
             self.cursor = item.after
             self.stats["documents"] += 1

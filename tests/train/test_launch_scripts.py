@@ -1,0 +1,151 @@
+"""The launcher scripts (torchrun_configs/, slurm/) as a user runs them, without an activated venv."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _without_venv() -> dict:
+    """The environment of a shell where the venv is not activated: its bin/ is off PATH."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    return {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, "PATH": path}
+
+
+def _fake_python(tmp_path: Path) -> Path:
+    """A CPTRAIN_PYTHON that logs each call and answers the GPU count with 3, in place of the real one."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {tmp_path / "calls"}\nif [[ "$1" == "-c" ]]; then echo 3; fi\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_single_node_counts_gpus_with_the_interpreter_it_trains_with(tmp_path):
+    # a python3 on PATH without torch, as on a machine whose system python has none
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text("#!/bin/sh\necho 'No module named torch' >&2\nexit 1\n")
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    env = _without_venv()
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
+    env["CPTRAIN_PYTHON"] = str(_fake_python(tmp_path))
+    run = subprocess.run(
+        ["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "recipes/tiny-cpu.toml", "train.steps=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    count, launch = (tmp_path / "calls").read_text().splitlines()
+    assert count.startswith("-c import torch")
+    assert launch == (
+        "-m torch.distributed.run --standalone --nproc_per_node 3 "
+        "-m cptrain.cli run recipes/tiny-cpu.toml train.steps=1"
+    )
+
+
+def test_single_node_names_a_missing_interpreter(tmp_path):
+    env = {**_without_venv(), "CPTRAIN_PYTHON": str(tmp_path / "nothere" / "python")}
+    run = subprocess.run(
+        ["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "recipes/tiny-cpu.toml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert f"no python at '{tmp_path / 'nothere' / 'python'}'" in run.stderr
+
+
+def _cluster_up() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    run = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=False)
+    return run.returncode == 0 and any(s.startswith(("idle", "mixed", "alloc")) for s in run.stdout.split())
+
+
+def _job_info(job: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+
+
+def _wait_for(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _cluster_up(), reason="needs SLURM (sbatch); see scripts/local_slurm.sh")
+def test_train_sbatch_preemption_signals_only_its_own_trainers(tmp_path, smollm_tokenizer):
+    """The pre-emption warning checkpoints this job and requeues it; another job's trainer of the
+    same user, on the same node, is left alone."""
+    smollm_tokenizer.save_pretrained(tmp_path / "tok")  # skip re-reading the GGUF in the job
+    # a process that looks like a torchrun worker of another job; USR1 would end it (sleep's default)
+    decoy = subprocess.Popen(
+        ["bash", "-c", 'exec -a "python -u -m cptrain.cli run other.toml" sleep 600'],
+        env={**os.environ, "SLURM_JOB_ID": "4242424"},
+    )
+    log = tmp_path / "job.out"
+    job = None
+    try:
+        job = (
+            subprocess.run(
+                [
+                    "sbatch",
+                    "--parsable",
+                    "--chdir",
+                    str(ROOT),
+                    "--output",
+                    str(log),
+                    "--cpus-per-task=1",
+                    "--mem=4G",
+                    "--time=00:10:00",
+                    f"--export=ALL,MASTER_PORT={_free_port()}",
+                    str(ROOT / "slurm" / "train.sbatch"),
+                    "recipes/tiny-cpu.toml",
+                    f"train.run_dir='{tmp_path / 'run'}'",
+                    f"model.tokenizer='{tmp_path / 'tok'}'",
+                    "train.steps=100000",
+                    "checkpoint.every_steps=100000",
+                ],
+                env=_without_venv(),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .split(";")[0]
+        )
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), 240, "the first step")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)  # what --signal=B:USR1 does
+        _wait_for(lambda: "stop requested: checkpoint saved" in log.read_text(), 120, "the checkpoint")
+        _wait_for(lambda: "Restarts=1" in _job_info(job), 60, "the requeue")
+        assert decoy.poll() is None, "the other job's trainer got the signal"
+    finally:
+        if job:
+            subprocess.run(["scancel", job], check=False)
+        decoy.kill()
+        decoy.wait()
