@@ -318,6 +318,9 @@ def _run(cfg: Config, env) -> dict:
         log.info(f"resumed from {resume_from} at step {trainer.step}")
     folder.write_metadata(cfg, args, tokenizer)
 
+    if cfg.schedule.warmup_steps > cfg.train.steps:
+        log.info(f"warning: schedule.warmup_steps = {cfg.schedule.warmup_steps} is more than train.steps = "
+                 f"{cfg.train.steps}: the learning rate never reaches optim.lr = {cfg.optim.lr:g}")
     if not eval_batches:
         log.info("no held-out data (data.eval_fraction = 0 or too few documents): held-out loss not measured")
 

@@ -54,3 +54,35 @@ def test_import_export_roundtrip_logits(family, tmp_path):
     with torch.no_grad():
         again = back(ids).logits
     assert (again - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("first, second", [("sharded", "single"), ("single", "sharded")])
+def test_export_into_an_earlier_export_leaves_no_stale_weights(first, second, tmp_path, monkeypatch):
+    """Exporting again into the same folder with the other layout (sharded after single, single after sharded):
+    only the new files remain, and transformers loads the new weights."""
+    import cptrain.models.hf as hf_mod
+
+    native = load_pretrained(_save(_random_hf_model("mistral"), tmp_path / "src")).eval()
+    shard_bytes = {"sharded": 1 << 14, "single": 5 * 1024**3}  # the model is ~0.1 MB
+    monkeypatch.setattr(hf_mod, "SHARD_BYTES", shard_bytes[first])
+    export_hf(native, tmp_path / "out")
+    with torch.no_grad():
+        for p in native.parameters():
+            p.mul_(0.5)
+    monkeypatch.setattr(hf_mod, "SHARD_BYTES", shard_bytes[second])
+    export_hf(native, tmp_path / "out")
+    names = sorted(p.name for p in (tmp_path / "out").glob("model*"))
+    if second == "sharded":
+        assert len(names) > 2 and all(n.startswith("model-") for n in names[:-1])
+        assert names[-1] == "model.safetensors.index.json"
+    else:
+        assert names == ["model.safetensors"]
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 16))
+    with torch.no_grad():
+        assert (back(ids).logits - native(ids)).abs().max().item() < 1e-4
+
+
+def _save(model, path):
+    model.save_pretrained(path)
+    return path

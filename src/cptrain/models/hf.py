@@ -179,12 +179,23 @@ def hf_config_from_args(args: ModelArgs, dtype: torch.dtype):
     return config
 
 
+def _remove_old_weights(out: Path) -> None:
+    """An earlier export's weight files in `out`: a single file left beside a new sharded export (or old shards
+    beside a new single file) would be what transformers loads, so they go before the new ones are written."""
+    old = [*out.glob("model.safetensors"), *out.glob("model-*-of-*.safetensors"), *out.glob("model.safetensors.index.json")]
+    for f in old:
+        f.unlink()
+    if old:
+        print(f"export: replaced the earlier export's {len(old)} weight file(s) in {out}", flush=True)
+
+
 def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
     """Write config.json, safetensors (sharded with an index when large) and tokenizer files."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_old_weights(out)
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("inv_freq")}
     dtype = dtype or next(iter(sd.values())).dtype
     if model.args.tie_embeddings:
