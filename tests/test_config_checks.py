@@ -152,3 +152,17 @@ def test_tiled_mlp_tile_count_from_toml_and_override(tmp_path):
     for bad in ("0", "-2", "'x'"):
         assert "'off', 'auto' or a tile count >= 1" in err(f"model.tiled_mlp={bad}")
     assert "model.tiled_mlp: expected str or int, got True" in err("model.tiled_mlp=true")
+
+
+def test_an_override_can_address_one_list_entry(tmp_path):
+    """`data.sources[1].weight=3` changes only that source; a wrong index or a dotted index says how to
+    address an entry."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\npreset = "debug"\ninit = "random"\ntokenizer = "builtin:smollm2-135m"\n'
+                      '[[data.sources]]\npath = "a"\nweight = 1.0\n[[data.sources]]\npath = "b"\nweight = 1.0\n')
+    cfg = load_config(recipe, ["data.sources[1].weight=3"])
+    assert [s.weight for s in cfg.data.sources] == [1.0, 3.0]
+    with pytest.raises(ConfigError, match=r"'data.sources' has 2 entries, so there is no entry 2"):
+        load_config(recipe, ["data.sources[2].weight=3"])
+    with pytest.raises(ConfigError, match=r"'data.sources' is a list; address one entry as data.sources\[0\].weight"):
+        load_config(recipe, ["data.sources.weight=3"])

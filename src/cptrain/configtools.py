@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -150,16 +151,43 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+_INDEXED = re.compile(r"^([A-Za-z_][\w-]*)\[(\d+)\]$")
+
+
 def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
+    """Set each `key.sub=value` in `raw`; `name[i]` addresses entry i of a list of tables, e.g.
+    `data.sources[1].weight=2` (the form error messages use for list entries)."""
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{part}' is not a table")
-            node = child
-        node[path[-1]] = value
+        node, where = raw, []
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            m = _INDEXED.match(part)
+            name, index = (m.group(1), int(m.group(2))) if m else (part, None)
+            where.append(name)
+            if index is None:
+                if last:
+                    node[name] = value
+                    break
+                child = node.setdefault(name, {})
+                if isinstance(child, list):
+                    raise ConfigError(f"override {text!r}: '{'.'.join(where)}' is a list; address one entry as "
+                                      f"{'.'.join(where)}[0].{'.'.join(path[i + 1:])}=...")
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override {text!r}: '{'.'.join(where)}' is not a table")
+                node = child
+                continue
+            items = node.get(name)
+            if not isinstance(items, list) or index >= len(items):
+                have = f"has {len(items)} entries" if isinstance(items, list) else "is not a list"
+                raise ConfigError(f"override {text!r}: '{'.'.join(where)}' {have}, so there is no entry {index}")
+            where[-1] = f"{name}[{index}]"
+            if last:
+                items[index] = value
+                break
+            if not isinstance(items[index], dict):
+                raise ConfigError(f"override {text!r}: '{'.'.join(where)}' is not a table")
+            node = items[index]
     return raw
 
 
