@@ -2,6 +2,7 @@
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +110,11 @@ def test_wandb_gets_the_run_config(tmp_path, monkeypatch):
     log.close()
     assert calls[0] == ("init", {"project": "proj", "dir": str(tmp_path), "config": {"optim": {"lr": 1e-4}}})
     assert calls[1:] == [("log", {"loss": 2.0}, 1), ("finish",)]
+
+
+def test_overrides_may_follow_the_dry_run_flag(capsys):
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny-cpu.toml"
+    assert main(["run", str(recipe), "--dry-run", "train.steps=7"]) == 0
+    assert "steps = 7" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", str(recipe), "--dry-run", "--bogus"])

@@ -75,6 +75,11 @@ def saved_step(step_dir: Path) -> int:
     return int(json.loads((step_dir / "train_state.json").read_text())["step"])
 
 
+def saved_world_size(step_dir: Path) -> int:
+    """How many ranks wrote a committed step folder (each saved its own data position)."""
+    return int(json.loads((step_dir / "train_state.json").read_text())["world_size"])
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -124,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             import importlib
 
             return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:]) or 0
-        ns = build_parser().parse_args(argv)
+        parser = build_parser()
+        ns, extra = parser.parse_known_args(argv)
+        if extra and ns.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
+            ns.overrides += extra  # overrides after a flag (`run R --dry-run k=v`): argparse stops at the flag
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return ns.func(ns)
     except ConfigError as e:
         print(f"cptrain: error: {e}", file=sys.stderr)

@@ -259,6 +259,25 @@ def _already_done(step_dir: Path, run_dir: Path, cfg: Config) -> dict | None:
     return {"complete_at": at}
 
 
+def _rank_state_plan(step_dir: Path | None, cfg: Config, world_size: int) -> tuple[bool, str]:
+    """Whether to restore each rank's data position and RNG from `step_dir`, and a line to log. Saved by
+    another number of ranks, the positions cannot be mapped: refused before anything is built, unless
+    the config says to restart the data stream (checkpoint.load_data_state = false, or
+    data.on_resume_mismatch = 'restart', which then applies to this change too)."""
+    if step_dir is None or not cfg.checkpoint.load_data_state:
+        return False, ""
+    saved = checkpoint.saved_world_size(step_dir)
+    if saved == world_size:
+        return True, ""
+    if cfg.data.on_resume_mismatch == "restart":
+        return False, (f"{step_dir} was saved by {saved} ranks, this job has {world_size}: the data stream "
+                       "restarts at the resumed step (data.on_resume_mismatch = 'restart')")
+    raise ConfigError(f"{step_dir} was saved by {saved} ranks, this job has {world_size}: each rank's data "
+                      f"position cannot be mapped. Resume with {saved} ranks, or keep the weights and optimizer "
+                      "and restart the data stream with checkpoint.load_data_state = false (or "
+                      "data.on_resume_mismatch = 'restart')")
+
+
 def run(cfg: Config) -> dict:
     """Train as configured; works as a plain process, under torchrun and under srun."""
     from cptrain.parallel.dims import init_distributed, shutdown
@@ -295,6 +314,11 @@ def _run(cfg: Config, env) -> dict:
     check_vocab(args, tokenizer)
     if resume_from is not None:
         folder.check_fits(resume_from, args)
+    load_rank_state, data_note = _rank_state_plan(resume_from, cfg, env.world_size)
+    data_kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
+    loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
+                                micro_batches_per_step=accum, **data_kw)
+    eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
     folder.create(fresh=resume_from is None)
     log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
                         cfg.logging.wandb_project, config=to_dict(cfg))
@@ -302,15 +326,12 @@ def _run(cfg: Config, env) -> dict:
                         micro_batch_size=cfg.train.micro_batch_size, fsdp=cfg.parallel.fsdp,
                         reshard_after_forward=cfg.parallel.reshard_after_forward)
     trainer = Trainer(cfg, model, env.device)
-    data_kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
-    loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
-                                micro_batches_per_step=accum, **data_kw)
-    eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
 
     if resume_from is not None:
+        if data_note:
+            log.info(data_note)
         optimizer = trainer.optimizer if cfg.checkpoint.load_optimizer else None
-        state, data_state = checkpoint.load(resume_from, model, optimizer,
-                                            load_rank_state=cfg.checkpoint.load_data_state)
+        state, data_state = checkpoint.load(resume_from, model, optimizer, load_rank_state=load_rank_state)
         trainer.step, trainer.tokens_seen = state["step"], state.get("tokens_seen", 0)
         restore_schedule(trainer, trainer.step)
         if data_state is not None:
@@ -370,6 +391,7 @@ def _run(cfg: Config, env) -> dict:
     started = time.perf_counter()
     inflight: InFlight | None = None
     stopping = False
+    saved_at = None  # the step of this launch's last checkpoint
     prev_end = None
     while inflight is not None or (trainer.step < cfg.train.steps and not stopping):
         launched = None
@@ -399,12 +421,16 @@ def _run(cfg: Config, env) -> dict:
             evaluate(f"step-{step}")
         if stopping or (every_ckpt and step % every_ckpt == 0 and step < cfg.train.steps):
             folder.save_checkpoint(trainer, feed, cfg.checkpoint.keep_latest_k)
-            if stopping:
+            saved_at = step
+            if stopping and step < cfg.train.steps:
                 log.info(f"stop requested: checkpoint saved at step {trainer.step}, exiting")
                 return {"stopped_at": trainer.step}
+            if stopping:  # agreed on the last step: the run is complete and ends as one (eval, report, export);
+                # the checkpoint is saved first all the same, so a requeued job finds the run complete
+                log.info(f"stop requested on the last step: checkpoint saved at step {step}; finishing the run")
     train_seconds = time.perf_counter() - started
     summary["after"] = evaluate(f"step-{trainer.step}-after")
-    if cfg.checkpoint.save_final:
+    if cfg.checkpoint.save_final and saved_at != trainer.step:
         folder.save_checkpoint(trainer, feed, cfg.checkpoint.keep_latest_k)
     if cfg.train.export_hf:
         folder.export(model, args, tokenizer)

@@ -145,3 +145,30 @@ def test_saving_a_committed_step_again_keeps_the_old_one_until_the_new_one_commi
     assert (step_dir / checkpoint.MARKER).is_file() and (step_dir / "model").is_dir()
     assert _snapshot(step_dir) != before
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-3", "step-6"]
+
+
+def test_a_stop_on_the_last_step_finishes_the_run(tmp_path, corpus):
+    """A stop agreed on the last step (a pre-emption signal late in the run, or stop_at_step = steps): the
+    checkpoint is saved and the run still ends as a complete one, with its final eval and report; a relaunch
+    then finds it complete."""
+    run_dir = tmp_path / "run"
+    summary = run(debug_cfg(run_dir, corpus, "train.stop_at_step=6", "checkpoint.save_final=false"))
+    assert summary["steps"] == 6 and summary["after"] is not None
+    assert json.loads((run_dir / "report" / "summary.json").read_text())["steps"] == 6
+    assert [p.name for p in checkpoint.committed_steps(run_dir / "checkpoints")] == ["step-3", "step-6"]
+    assert run(debug_cfg(run_dir, corpus)) == {"complete_at": 6}
+
+
+def test_resume_with_another_number_of_ranks(finished, tmp_path, corpus, capsys):
+    """A checkpoint whose train_state says 2 ranks wrote it, resumed by 1: refused before anything is built or
+    written, unless the data stream may restart (then weights and optimizer resume, the data starts over)."""
+    run_dir = _copy(finished, tmp_path / "run")
+    state_file = run_dir / "checkpoints" / "step-6" / "train_state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "world_size": 2}))
+    before = _snapshot(run_dir)
+    with pytest.raises(ConfigError, match="saved by 2 ranks, this job has 1.*load_data_state = false"):
+        run(debug_cfg(run_dir, corpus, "train.steps=8"))
+    assert _snapshot(run_dir) == before
+    summary = run(debug_cfg(run_dir, corpus, "train.steps=8", "data.on_resume_mismatch=restart"))
+    assert summary["steps"] == 8
+    assert "the data stream restarts at the resumed step" in capsys.readouterr().out
