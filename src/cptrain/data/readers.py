@@ -237,8 +237,16 @@ def dataset_rows(
     streaming: bool,
     column: str,
     start_row: int = 0,
+    *,
+    source: str = "",
+    local_files: list[str] | None = None,
 ) -> Iterator[Row]:
-    """Rows of anything `datasets.load_dataset` reads (local builders, or hub names when online)."""
+    """Rows of anything `datasets.load_dataset` reads (local builders, or hub names when online).
+
+    A row `datasets` cannot parse is a ConfigError naming `source`, the file and the parser's message,
+    not a skipped row: its builders parse many rows at once (the json builder a whole block of a file
+    with pyarrow), so the bad row cannot be told apart from its neighbours, and the stream cannot go on
+    past it. `local_files` (the source's data files) name the file when `datasets` does not say."""
     try:
         import datasets
     except ImportError:
@@ -247,16 +255,53 @@ def dataset_rows(
             "pip install 'cptrain[data]' (or pip install datasets)"
         ) from None
     kwargs = {"data_files": data_files} if data_files else {}
+    where = f"source {source!r} (format 'datasets', path {path!r})" if source else f"source {path!r}"
     try:
         ds = datasets.load_dataset(path, config_name, split=split, streaming=streaming, **kwargs)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot open this source"
-        raise ConfigError(
-            f"datasets.load_dataset({path!r}, split={split!r}) failed: {type(e).__name__}: {e}. "
-            "Check the source's path, split, data_files and dataset_config"
-        ) from None
+        file = _failed_file(e, local_files)
+        if file is None:
+            raise ConfigError(
+                f"{where}: datasets.load_dataset({path!r}, split={split!r}) failed: {_first_line(e)}. "
+                "Check the source's path, split, data_files and dataset_config"
+            ) from None
+        raise ConfigError(_unreadable(where, file, e, 0)) from None
     if start_row:
         ds = ds.skip(start_row) if streaming else ds.select(range(start_row, len(ds)))
     row = start_row
-    for example in ds:
+    examples = iter(ds)
+    while True:
+        try:
+            example = next(examples)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - pyarrow / pandas / csv parse errors of a bad row or file
+            raise ConfigError(_unreadable(where, _failed_file(e, local_files), e, row)) from None
         yield Row(row, row + 1, -1, example.get(column, MISSING))
         row += 1
+
+
+def _unreadable(where: str, file: str | None, e: BaseException, rows: int) -> str:
+    return (
+        f"{where}: datasets cannot read {file or 'its data'}"
+        f"{f' (after {rows} rows of the source)' if rows else ''}: "
+        f"{_first_line(e)}. A datasets builder parses many rows at once, so a bad row cannot be "
+        "skipped: fix or remove it, or read local .jsonl files with format = 'jsonl', which skips "
+        "and counts bad rows"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    """`Type: first line of the message` of the innermost cause (the parser's own error)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _failed_file(e: BaseException, local_files: list[str] | None) -> str | None:
+    """The file to name: the source's only local file; with several, `datasets` logs which one failed
+    ("Failed to load JSON from file ...") just above the error, and the message counts them."""
+    if local_files and len(local_files) == 1:
+        return local_files[0]
+    return f"one of its {len(local_files)} data files" if local_files else None

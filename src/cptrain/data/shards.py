@@ -3,8 +3,11 @@
 One folder per source under `data.cache_dir`: `tokens.bin` (uint16 or uint32 ids, documents back to
 back, each ending in EOS), `offsets.npy` (int64, documents + 1), `name_hash.npy` (uint64 hash of each
 document's name, so the held-out split is decided at load time exactly as in streaming mode) and
-`meta.json` with the fingerprint of tokenizer + inputs (file list, sizes, modification times). A
-cache whose fingerprint no longer matches its inputs is refused, never silently reused.
+`meta.json` with the fingerprint of tokenizer + inputs (file list, sizes, modification times) and
+its readable parts. A cache whose fingerprint no longer matches its inputs is refused, never silently
+reused, and the message names what changed. A `datasets` source's inputs are its local data_files
+(globs expanded) or dataset folder; a dataset given only by name (the Hub) has no local file to compare,
+so changes to it cannot be detected: run `cptrain tokenize --force` after it changes.
 """
 
 from __future__ import annotations
@@ -18,32 +21,92 @@ from pathlib import Path
 
 import numpy as np
 
+from cptrain.data.checks import describe_changes
 from cptrain.data.config import DataConfig
 from cptrain.data.documents import Document, count_skip, new_stats
 from cptrain.data.sources import DataError, ResolvedSource, iter_documents, resolve_source
 from cptrain.data.tokenize import DocumentTokenizer
 
 log = logging.getLogger("cptrain.data")
+_warned: set[str] = set()  # sources whose unchecked remote inputs were warned about
 FORMAT_VERSION = 1
+MAX_META_FILES = 10_000  # meta.json lists input files one by one up to this many
+MAX_NAMED_CHANGES = 5  # changed files named in a stale-shard message
 
 
 def cache_dir(cfg: DataConfig, name: str) -> Path:
     return Path(cfg.cache_dir) / name
 
 
+def input_stats(src: ResolvedSource) -> dict[str, list[int] | None]:
+    """Each input file's [size, modification time in ns], by name (a datasets source's by resolved
+    path); entries with no local file to check (a dataset on the Hub, a URL) map to None."""
+    stats: dict[str, list[int] | None] = {}
+    for name, path in src.input_files():
+        st = path.stat()
+        stats[str(path) if src.inputs is not None else name] = [st.st_size, st.st_mtime_ns]
+    stats.update({entry: None for entry in src.unchecked})
+    return stats
+
+
+def shard_fingerprint(src: ResolvedSource, tokenizer_fp: str) -> tuple[str, dict]:
+    """(fingerprint, its parts): tokenizer + source settings + every input file's name, size and
+    modification time. The parts are kept in meta.json so a stale shard can say what changed; more
+    than MAX_META_FILES files are kept as a count and a digest only."""
+    files = input_stats(src)
+    settings = {k: v for k, v in src.identity().items() if k not in ("name", "files")}
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(tokenizer_fp.encode())
+    for name, stat in files.items():
+        size, mtime = stat if stat is not None else ("remote", "unchecked")
+        h.update(f"{name}\0{size}\0{mtime}\n".encode())
+    if len(files) > MAX_META_FILES:
+        digest = hashlib.blake2b(json.dumps(files, sort_keys=True).encode(), digest_size=12)
+        files = f"{len(files)} files, {digest.hexdigest()}"
+    parts = {"tokenizer": tokenizer_fp, "settings": settings, "files": files}
+    return f"v{FORMAT_VERSION}-{h.hexdigest()}", parts
+
+
 def inputs_fingerprint(src: ResolvedSource, tokenizer_fp: str) -> str:
     """Tokenizer + source settings + every input file's name, size and modification time."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(
-        json.dumps(
-            {k: v for k, v in src.identity().items() if k not in ("name", "files")}, sort_keys=True
-        ).encode()
-    )
-    h.update(tokenizer_fp.encode())
-    for rel, _ in src.files:
-        st = src.path_of(rel).stat() if rel else None
-        h.update(f"{rel}\0{st.st_size if st else 0}\0{st.st_mtime_ns if st else 0}\n".encode())
-    return f"v{FORMAT_VERSION}-{h.hexdigest()}"
+    return shard_fingerprint(src, tokenizer_fp)[0]
+
+
+def describe_stale(old: dict | None, new: dict) -> str:
+    """What changed between the fingerprint parts of a token shard and of its inputs now."""
+    if old is None:  # a shard written before meta.json kept the parts
+        return "the tokenizer, the source settings or the input files (names, sizes, modification times)"
+    out = []
+    if old.get("tokenizer") != new["tokenizer"]:
+        out.append("the tokenizer (its vocabulary, or data.add_bos / data.eos_token)")
+    settings = describe_changes(old.get("settings", {}), new["settings"])
+    if settings:
+        out.append(f"the source settings ({'; '.join(settings)})")
+    a, b = old.get("files"), new["files"]
+    if a != b:
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes = [f"{n} {_file_change(a.get(n), b.get(n))}" for n in a | b if a.get(n) != b.get(n)]
+            more = len(changes) - MAX_NAMED_CHANGES
+            shown = changes[:MAX_NAMED_CHANGES] + ([f"and {more} more"] if more > 0 else [])
+            out.append(f"the input files ({'; '.join(shown)})")
+        else:
+            out.append(f"the input files ({_count(a)} -> {_count(b)}; names, sizes or modification times)")
+    return ", ".join(out) or "the fingerprint"
+
+
+def _file_change(a: list[int] | None, b: list[int] | None) -> str:
+    if a is None:
+        return "added"
+    if b is None:
+        return "removed"
+    if a[0] != b[0]:
+        return f"changed size ({a[0]:,} -> {b[0]:,} bytes)"
+    return "modified (same size, new modification time)"
+
+
+def _count(files) -> str:
+    return f"{len(files)} files" if isinstance(files, dict) else str(files).split(",")[0]
 
 
 def name_hash(name: str) -> int:
@@ -81,9 +144,11 @@ def write_token_shard(cfg: DataConfig, src: ResolvedSource, tokenizer: DocumentT
     stats["documents"], stats["tokens"] = len(hashes), offsets[-1]
     np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     np.save(tmp / "name_hash.npy", np.asarray(hashes, dtype=np.uint64))
+    fp, parts = shard_fingerprint(src, tokenizer.fingerprint)
     meta = {
         "format_version": FORMAT_VERSION,
-        "fingerprint": inputs_fingerprint(src, tokenizer.fingerprint),
+        "fingerprint": fp,
+        "fingerprint_parts": parts,
         "source": src.identity(),
         "dtype": np.dtype(tokenizer.dtype).name,
         "stats": stats,
@@ -108,11 +173,21 @@ def check_cache(cfg: DataConfig, src: ResolvedSource, tokenizer: DocumentTokeniz
         raise DataError(
             f"{key}: data.mode = 'pretokenized' but {cache_dir(cfg, src.name)} holds no token shard; {run}"
         )
-    if meta["fingerprint"] != inputs_fingerprint(src, tokenizer.fingerprint):
+    fp, parts = shard_fingerprint(src, tokenizer.fingerprint)
+    if meta["fingerprint"] != fp:
         raise DataError(
-            f"{key}: the token shard in {cache_dir(cfg, src.name)} is stale: the tokenizer, the "
-            f"source settings or the input files (names, sizes, modification times) changed "
-            f"since it was written; {run} again"
+            f"{key}: the token shard in {cache_dir(cfg, src.name)} is stale: "
+            f"{describe_stale(meta.get('fingerprint_parts'), parts)} changed since it was written; "
+            f"{run} again"
+        )
+    if src.unchecked and src.name not in _warned:
+        _warned.add(src.name)
+        log.warning(
+            "%s: the token shard in %s cannot be checked against %s (no local file); after the "
+            "dataset changes, run `cptrain tokenize RECIPE --force`",
+            key,
+            cache_dir(cfg, src.name),
+            ", ".join(src.unchecked),
         )
     return meta
 

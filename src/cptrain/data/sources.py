@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import random
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cptrain.configtools import ConfigError
@@ -27,6 +28,7 @@ from cptrain.data.readers import Row, dataset_rows, file_format, read_rows, row_
 STDLIB = "builtin:python-stdlib"
 GLOB_CHARS = set("*?[")
 LAZY = object()  # a whole-file row not read yet
+MAX_LISTED_FILES = 100  # a datasets source's identity names files one by one up to this many
 
 
 class DataError(ConfigError):
@@ -35,11 +37,19 @@ class DataError(ConfigError):
 
 @dataclass
 class ResolvedSource:
-    """A source config plus the sorted list of files it reads (relative to `root`) and their formats."""
+    """A source config plus the sorted list of files it reads (relative to `root`) and their formats.
+
+    A `datasets` source is read by `datasets.load_dataset` as one stream (`files` is one ("", "datasets")
+    entry); the local files it reads (its data_files expanded, or a local dataset folder) are kept in
+    `inputs` so its documents can still be checked for changes, and `unchecked` names what cannot be:
+    a dataset given by name (the Hub, or a remote URL) has no local file to compare against.
+    """
 
     cfg: SourceConfig
     root: Path
     files: list[tuple[str, str]]  # (relative path, reader format); one ("", "datasets") for datasets
+    inputs: list[str] | None = None  # datasets: local files it reads, as found (globs expanded)
+    unchecked: list[str] = field(default_factory=list)  # datasets: entries with no local file to check
 
     @property
     def name(self) -> str:
@@ -48,13 +58,30 @@ class ResolvedSource:
     def path_of(self, rel: str) -> Path:
         return self.root / rel
 
+    def input_files(self) -> list[tuple[str, Path]]:
+        """(name, path) of every local file the documents come from; a datasets source's are resolved."""
+        if self.inputs is None:
+            return [(rel, self.path_of(rel)) for rel, _ in self.files]
+        return [(p, Path(p).resolve()) for p in self.inputs]
+
     def identity(self) -> dict:
-        """What makes this source's documents what they are: config and file list with sizes."""
-        h = hashlib.blake2b(digest_size=12)
-        for rel, _ in self.files:
-            size = self.path_of(rel).stat().st_size if rel else 0
-            h.update(f"{rel}\0{size}\n".encode())
+        """What makes this source's documents what they are: config and file list with sizes.
+
+        Sizes, not modification times: a copy of the same data on another machine resumes the same
+        stream. A datasets source lists its local files one by one (there are few), so a resume after
+        one changed can name it."""
         c = self.cfg
+        if self.inputs is None:
+            h = hashlib.blake2b(digest_size=12)
+            for rel, _ in self.files:
+                h.update(f"{rel}\0{self.path_of(rel).stat().st_size}\n".encode())
+            files: str | dict = f"{len(self.files)} files, {h.hexdigest()}"
+        else:
+            files = {name: f"{_size(path)} bytes" for name, path in self.input_files()}
+            files.update({entry: "not checked (no local file)" for entry in self.unchecked})
+            if len(files) > MAX_LISTED_FILES:
+                h = hashlib.blake2b(json.dumps(files, sort_keys=True).encode(), digest_size=12)
+                files = f"{len(files)} files, {h.hexdigest()}"
         return {
             "name": c.name,
             "path": c.path,
@@ -63,8 +90,52 @@ class ResolvedSource:
             "separator": c.separator,
             "split": c.split,
             "data_files": list(c.data_files),
-            "files": f"{len(self.files)} files, {h.hexdigest()}",
+            "files": files,
         }
+
+
+def _size(path: Path) -> int:
+    """A file's size; -1 for one that vanished since the source was resolved (it differs all the same)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def dataset_inputs(cfg: SourceConfig) -> tuple[list[str], list[str]]:
+    """(local files, entries without one) that a `datasets` source reads.
+
+    data_files entries are expanded as `datasets` does: relative to the dataset folder when `path` is
+    one, else to the working directory; globs are expanded and folders listed. An entry with a URL or
+    that matches nothing here (a file inside a Hub dataset) cannot be checked, and neither can a
+    dataset given by name without local data_files: changes to it on the Hub go unnoticed.
+    """
+    path = os.path.expanduser(cfg.path)
+    base = path if os.path.isdir(path) else "."
+    found: list[str] = []
+    unchecked: list[str] = []
+    for entry in cfg.data_files:
+        if "://" in entry:
+            unchecked.append(entry)
+            continue
+        full = os.path.join(base, os.path.expanduser(entry))
+        if GLOB_CHARS & set(entry):
+            matches = sorted(p for p in glob.glob(full, recursive=True) if os.path.isfile(p))
+        elif os.path.isdir(full):
+            matches = [os.path.join(full, r) for r in _walk(Path(full))]
+        else:
+            matches = [full] if os.path.isfile(full) else []
+        found += [os.path.normpath(m) for m in matches]
+        if not matches:
+            unchecked.append(entry)
+    if not cfg.data_files:
+        if os.path.isdir(path):
+            found = [os.path.normpath(os.path.join(path, r)) for r in _walk(Path(path))]
+        elif os.path.isfile(path):
+            found = [os.path.normpath(path)]
+        else:
+            unchecked.append(f"dataset {cfg.path}")
+    return sorted(dict.fromkeys(found)), unchecked
 
 
 def stdlib_files() -> tuple[Path, list[str]]:
@@ -76,7 +147,8 @@ def stdlib_files() -> tuple[Path, list[str]]:
 def resolve_source(cfg: SourceConfig, key: str) -> ResolvedSource:
     """List the files of one source; a path matching nothing is a DataError naming `key`."""
     if cfg.format == "datasets":
-        return ResolvedSource(cfg, Path("."), [("", "datasets")])
+        inputs, unchecked = dataset_inputs(cfg)
+        return ResolvedSource(cfg, Path("."), [("", "datasets")], inputs, unchecked)
     if cfg.path == STDLIB:
         root, rels = stdlib_files()
         return ResolvedSource(cfg, root, [(r, "txt") for r in rels])
@@ -181,7 +253,15 @@ def iter_documents(
             whole = fmt == "txt" and not c.separator  # one document per file: read only if ours
             if fmt == "datasets":
                 rows = dataset_rows(
-                    c.path, c.dataset_config, c.split, c.data_files, c.streaming, c.text_field, row
+                    c.path,
+                    c.dataset_config,
+                    c.split,
+                    c.data_files,
+                    c.streaming,
+                    c.text_field,
+                    row,
+                    source=src.name,
+                    local_files=src.inputs,
                 )
             elif whole:
                 rows = iter([Row(0, 1, -1, LAZY)] if row == 0 else [])
