@@ -51,7 +51,7 @@ def build(recipe: str, overrides: list[str]):
     from cptrain.models.build import build_model, model_args
     from cptrain.models.hf import load_tokenizer
     from cptrain.parallel.dims import build_mesh, init_distributed
-    from cptrain.train import Trainer, grad_accum_steps
+    from cptrain.train import Trainer
 
     cfg = load_config(recipe, overrides)
     env = init_distributed(cfg.train.device)
@@ -63,7 +63,7 @@ def build(recipe: str, overrides: list[str]):
         kw["fsdp"] = cfg.parallel.fsdp
     model = build_model(cfg.model, cfg.precision, mesh, env.device, **kw)
     trainer = Trainer(cfg, model, env.device)
-    accum = grad_accum_steps(cfg, env.world_size)
+    accum = cfg.train.micro_batches_per_step(env.world_size)
     loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=env.world_size,
                                 seed=cfg.train.seed, micro_batches_per_step=accum,
                                 seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)

@@ -229,6 +229,15 @@ class TrainConfig:
         require(self.stop_at_step >= 0, f"{prefix}.stop_at_step", self.stop_at_step,
                 ">= 0 (0: run all steps)")
 
+    def micro_batches_per_step(self, ranks: int) -> int:
+        """Gradient accumulation: micro-batches each of `ranks` data-parallel ranks runs per optimizer step."""
+        per_step = self.micro_batch_size * ranks
+        total = self.global_batch_size or per_step
+        if total % per_step:
+            raise ConfigError(f"train.global_batch_size = {total} must be a multiple of micro_batch_size x "
+                              f"data-parallel ranks = {self.micro_batch_size} x {ranks}")
+        return total // per_step
+
 
 @dataclass
 class Config:

@@ -26,15 +26,6 @@ from cptrain.optim import apply_freeze, build_optimizer, folds_clip_and_skip, op
 from cptrain.schedule import build_scheduler, lr_multiplier
 
 
-def grad_accum_steps(cfg: Config, dp: int) -> int:
-    per_step = cfg.train.micro_batch_size * dp
-    total = cfg.train.global_batch_size or per_step
-    if total % per_step:
-        raise ConfigError(f"train.global_batch_size = {total} must be a multiple of micro_batch_size x "
-                          f"data-parallel ranks = {cfg.train.micro_batch_size} x {dp}")
-    return total // per_step
-
-
 @dataclass
 class PendingStep:
     """A launched optimizer step whose results are still on their way (`Trainer.finish_step` reads them).
@@ -308,7 +299,7 @@ def _run(cfg: Config, env) -> dict:
     torch.manual_seed(cfg.train.seed)
     mesh = build_mesh(cfg.parallel, env)
     dp = env.world_size
-    accum = grad_accum_steps(cfg, dp)
+    accum = cfg.train.micro_batches_per_step(dp)
     tokenizer = load_tokenizer(cfg.model.tokenizer_source)
     args = model_args(cfg.model)
     check_vocab(args, tokenizer)
@@ -316,8 +307,11 @@ def _run(cfg: Config, env) -> dict:
         folder.check_fits(resume_from, args)
     load_rank_state, data_note = _rank_state_plan(resume_from, cfg, env.world_size)
     data_kw = dict(seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size)
+    # first_step: where the stream's mixture stages stand when it starts over (a fresh run, or a resume that
+    # restarts the data); a restored data position carries its own
+    first_step = checkpoint.saved_step(resume_from) if resume_from is not None else 0
     loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
-                                micro_batches_per_step=accum, **data_kw)
+                                micro_batches_per_step=accum, first_step=first_step, **data_kw)
     eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
     folder.create(fresh=resume_from is None)
     log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,

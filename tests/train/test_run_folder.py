@@ -172,3 +172,25 @@ def test_resume_with_another_number_of_ranks(finished, tmp_path, corpus, capsys)
     summary = run(debug_cfg(run_dir, corpus, "train.steps=8", "data.on_resume_mismatch=restart"))
     assert summary["steps"] == 8
     assert "the data stream restarts at the resumed step" in capsys.readouterr().out
+
+
+def test_mixture_stages_continue_at_the_resumed_step_when_the_data_restarts(tmp_path, corpus):
+    """A run stopped at step 3 and resumed with checkpoint.load_data_state = false (a new data stream): the
+    stage that starts at step 3 mixes steps 4-6, as in an uninterrupted run, not stage 0 again."""
+    root, _ = corpus
+    halves = ("a", sorted(p.name for p in root.iterdir())[:20]), ("b", sorted(p.name for p in root.iterdir())[20:])
+    for name, files in halves:
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).write_text((root / f).read_text())
+    mix = (f"data.sources=[{{name='a', path='{tmp_path / 'a'}', format='txt'}}, "
+           f"{{name='b', path='{tmp_path / 'b'}', format='txt'}}]",
+           "data.stages=[{start_step=3, weights={a=0.0, b=1.0}}]", "checkpoint.every_steps=0")
+    run_dir = tmp_path / "run"
+    assert run(debug_cfg(run_dir, corpus, *mix, "train.stop_at_step=3")) == {"stopped_at": 3}
+    run(debug_cfg(run_dir, corpus, *mix, "checkpoint.load_data_state=false"))
+    report = json.loads((run_dir / "report" / "data.json").read_text())
+    assert report["first_step"] == 3
+    first, second = report["stages"]
+    assert first["tokens"] == 0 and second["tokens"] > 0
+    assert second["realized_shares"]["a"] == 0.0

@@ -33,15 +33,20 @@ def build_train_loader(
     dp_size: int = 1,
     seed: int | None = None,
     micro_batches_per_step: int = 1,
+    first_step: int = 0,
 ) -> TrainLoader:
     """An endless iterator of Batch dicts for rank `dp_rank` of `dp_size`; see loader.TrainLoader.
 
     `micro_batches_per_step` (gradient accumulation) turns micro-batch counts into optimizer steps for
-    `data.stages`. Every source is checked here, so bad paths and missing text fields fail before
-    training starts.
+    `data.stages`. `first_step` is the optimizer step of the first batch when the loader starts without
+    a restored position (a run resumed without its data state starts its stream at the run's step, and
+    its stages must follow that step); a position restored by `load_state_dict` brings its own. Every
+    source is checked here, so bad paths and missing text fields fail before training starts.
     """
     if not 0 <= dp_rank < dp_size:
         raise ValueError(f"dp_rank={dp_rank} is not in [0, dp_size={dp_size})")
+    if first_step < 0:
+        raise ValueError(f"first_step={first_step} is not a step (>= 0)")
     doc_tokenizer = DocumentTokenizer(tokenizer, cfg.add_bos, cfg.eos_token)
     seed = data_seed(cfg, seed)
     if cfg.mode == "pretokenized":
@@ -67,7 +72,7 @@ def build_train_loader(
                 for src in resolved
             ]
 
-    def make_pipeline(shard: int, shards: int, worker: int, workers: int) -> ShardPipeline:
+    def make_pipeline(shard: int, shards: int, worker: int, workers: int, first_step: int) -> ShardPipeline:
         return ShardPipeline(
             cfg,
             open_sources(shard, shards),
@@ -76,12 +81,20 @@ def build_train_loader(
             batch_offset=worker,
             batch_stride=workers,
             micro_batches_per_step=micro_batches_per_step,
+            first_step=first_step,
         )
 
     parts = fingerprint_parts(cfg, identities, doc_tokenizer.fingerprint, seq_len, micro_batch_size)
     parts["seed"] = seed
     return TrainLoader(
-        cfg, make_pipeline, dp_rank=dp_rank, dp_size=dp_size, parts=parts, fingerprint=fingerprint(parts)
+        cfg,
+        make_pipeline,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        parts=parts,
+        fingerprint=fingerprint(parts),
+        micro_batches_per_step=micro_batches_per_step,
+        first_step=first_step,
     )
 
 

@@ -1,8 +1,10 @@
 """`cptrain inspect-data RECIPE [key=value ...]`: what the loader will feed the model, before training.
 
 Reads a sample of batches on rank 0 of 1 and prints the mixture table (target vs realized token
-shares), token counts (exact for token shards, estimated from file sizes when streaming), skipped rows,
-packing efficiency, the held-out set and one decoded row with its document boundaries marked.
+shares), token counts (exact for token shards, estimated from the sources' text bytes when streaming),
+skipped rows, packing efficiency, the held-out set and one decoded row with its document boundaries
+marked. Micro-batches map to optimizer steps (and so to `data.stages`) with the run's gradient
+accumulation: train.global_batch_size / (train.micro_batch_size x ranks), ranks given by --ranks.
 """
 
 from __future__ import annotations
@@ -10,12 +12,120 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import zlib
+from pathlib import Path
 
 import torch
 
+from cptrain.configtools import ConfigError
+
+SAMPLE_FILES = 8  # files per source and format whose text bytes are measured (spread over the list)
+SAMPLE_BYTES = 1 << 20  # on-disk bytes read from each of them at most: a large source costs a few reads
+CHUNK = 1 << 12  # read size: what the zstd block count above can be off by
+
+
+def _decompressor(fmt: str):
+    """A fresh decompressor for one gzip member or zstd frame; None for plain jsonl."""
+    if fmt == "jsonl.gz":
+        return zlib.decompressobj(31)
+    if fmt == "jsonl.zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+    return None
+
+
+def _file_start(path: Path, fmt: str) -> tuple[bytes, int, bool]:
+    """The first bytes of a jsonl file once decompressed, the on-disk bytes they came from, and whether
+    that is the whole file. Reads at most SAMPLE_BYTES; a damaged stream ends the sample there.
+
+    zstd hands out a block (up to 128 KiB) only once all of it has arrived: the on-disk count stops at
+    the last chunk that gave output, so the block still in the works counts on neither side."""
+    size = path.stat().st_size
+    out, disk, used, obj = [], 0, 0, _decompressor(fmt)
+    with path.open("rb") as f:
+        while disk < min(size, SAMPLE_BYTES):
+            chunk = f.read(min(CHUNK, SAMPLE_BYTES - disk))
+            if not chunk:
+                break
+            disk += len(chunk)
+            got = 0
+            try:
+                while chunk:  # a gzip member or zstd frame may end inside the chunk: the next one follows
+                    data = chunk if obj is None else obj.decompress(chunk)
+                    out.append(data)
+                    got += len(data)
+                    chunk = b""
+                    if obj is not None and obj.eof:
+                        chunk, obj = obj.unused_data, _decompressor(fmt)
+            except Exception:  # noqa: BLE001 - zlib.error, ZstdError: what came before still counts
+                return b"".join(out), used, False
+            used = disk if got else used
+    if disk >= size:
+        return b"".join(out), disk, True
+    return b"".join(out), used, False
+
+
+def _text_bytes(path: Path, fmt: str, text_field: str) -> tuple[int, float]:
+    """(on-disk bytes measured, UTF-8 bytes of document text they hold) for one file.
+
+        Compressed files hold several times their size in text, and jsonl lines and parquet files also
+        hold other fields: on-disk size alone would be far off. Parquet's footer says how big the text
+        column is uncompressed (less the 4-byte length of each value); jsonl lines are parsed from the
+        file's start and the text share of those lines is scaled to the part decompressed. A damaged file
+    gives what could be read (the sample's skip counts report the damage)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq  # the sample has read parquet already: pyarrow is there
+
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception:  # noqa: BLE001 - a damaged file (the sample reports it): measure the others
+            return 0, 0.0
+        text = 0
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                if col.path_in_schema == text_field:
+                    text += max(0, col.total_uncompressed_size - 4 * col.num_values)
+        return path.stat().st_size, float(text)
+    from cptrain.data.readers import row_text
+
+    data, disk, whole = _file_start(path, fmt)
+    lines = data.split(b"\n")
+    if not whole:
+        lines = lines[:-1]  # cut off by the sample
+    raw = sum(len(line) + 1 for line in lines)
+    texts = (row_text(line, fmt, text_field)[0] for line in lines if line.strip())
+    text = sum(len(t.encode("utf-8")) for t in texts if t is not None)
+    if whole:
+        return disk, float(text)
+    if not raw:  # not one whole line in the sample: a line that long is nearly all text
+        return disk, float(len(data))
+    return disk, text * len(data) / raw
+
+
+def _source_text_bytes(src) -> float:
+    """UTF-8 bytes of document text in a whole source: text files as they are; other formats are their
+    on-disk size x the text bytes per on-disk byte of up to SAMPLE_FILES of their files."""
+    by_format: dict[str, list[str]] = {}
+    for rel, fmt in src.files:
+        by_format.setdefault(fmt, []).append(rel)
+    total = 0.0
+    for fmt, rels in by_format.items():
+        size = sum(src.path_of(rel).stat().st_size for rel in rels)
+        if fmt == "txt":
+            total += size
+            continue
+        every = -(-len(rels) // SAMPLE_FILES)
+        measured = [_text_bytes(src.path_of(rel), fmt, src.cfg.text_field) for rel in rels[::every]]
+        disk, text = sum(m[0] for m in measured), sum(m[1] for m in measured)
+        total += size * text / disk if disk else size
+    return total
+
 
 def _estimate_tokens(cfg, report: dict) -> dict[str, str]:
-    """Whole-source token counts: exact from token shards, else file bytes x the sample's tokens/byte."""
+    """Whole-source token counts: exact from token shards, else text bytes x the sample's tokens/byte."""
     from cptrain.data.shards import read_meta
     from cptrain.data.sources import resolve_source
 
@@ -29,10 +139,10 @@ def _estimate_tokens(cfg, report: dict) -> dict[str, str]:
             out[source.name] = "?"
             continue
         src = resolve_source(source, f"data.sources[{i}]")
-        total_bytes = sum(src.path_of(rel).stat().st_size for rel, _ in src.files)
+        text_bytes = _source_text_bytes(src)
         sample = report["sources"][source.name]
-        ratio = sample.get("tokens_per_byte")
-        out[source.name] = f"~{total_bytes * ratio:,.0f}" if ratio else f"? ({total_bytes:,} bytes)"
+        ratio = sample.get("tokens_per_byte")  # tokens per byte of document text, as the stats count it
+        out[source.name] = f"~{text_bytes * ratio:,.0f}" if ratio else f"? (~{text_bytes:,.0f} text bytes)"
     return out
 
 
@@ -53,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="path to a recipe .toml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     parser.add_argument("--batches", type=int, default=16, help="micro-batches to sample (default 16)")
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        help="data-parallel ranks of the run (default 1); with train.global_batch_size they set the gradient "
+        "accumulation, which decides the micro-batch where each of data.stages begins",
+    )
     parser.add_argument("--json", action="store_true", help="print the data report as JSON instead")
     ns = parser.parse_args(argv)
 
@@ -63,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg, tokenizer = load_recipe_tokenizer(ns.recipe, ns.overrides)
     data = dataclasses.replace(cfg.data, num_workers=0)
     seq, mbs = cfg.train.seq_len, cfg.train.micro_batch_size
-    loader = build_train_loader(data, tokenizer, seq_len=seq, micro_batch_size=mbs)
+    if ns.ranks < 1:
+        raise ConfigError(f"inspect-data: --ranks = {ns.ranks} must be >= 1")
+    accum = cfg.train.micro_batches_per_step(ns.ranks)
+    loader = build_train_loader(
+        data, tokenizer, seq_len=seq, micro_batch_size=mbs, micro_batches_per_step=accum
+    )
     batches = [next(loader) for _ in range(max(1, ns.batches))]
     report = loader.report()
     for s in report["sources"].values():
@@ -78,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{ns.recipe}: {len(data.sources)} sources, mode={data.mode}, seq_len={seq}, "
         f"micro_batch_size={mbs}; sampled {len(batches)} micro-batches ({len(batches) * mbs * seq:,} tokens)"
+    )
+    print(
+        f"{accum} micro-batches per optimizer step ({ns.ranks} rank(s)): the sample covers steps "
+        f"0-{(len(batches) - 1) // accum}"
     )
     print(
         f"\n{'source':<20} {'weight':>7} {'target':>7} {'sample':>7} {'docs':>7} {'tokens':>10} "

@@ -5,6 +5,10 @@ shards round-robin, so ranks x workers see disjoint documents and together see e
 per epoch. With workers, batches come from a torch DataLoader in worker order (batch g from worker
 g % num_workers); each batch travels with its worker's state right after making it, so the loader's
 `state_dict()` describes exactly the batches handed out, not the ones prefetched.
+
+A loader that starts without a restored position (a fresh run, a run resumed without its data state,
+or a stream started over because the saved one no longer fits) starts at optimizer step `first_step`,
+and the state remembers it: `data.stages` follow the run's steps, not the stream's own batch count.
 """
 
 from __future__ import annotations
@@ -25,10 +29,21 @@ STATE_VERSION = 1
 
 class TrainLoader:
     def __init__(
-        self, cfg: DataConfig, make_pipeline, *, dp_rank: int, dp_size: int, parts: dict, fingerprint: str
+        self,
+        cfg: DataConfig,
+        make_pipeline,
+        *,
+        dp_rank: int,
+        dp_size: int,
+        parts: dict,
+        fingerprint: str,
+        micro_batches_per_step: int = 1,
+        first_step: int = 0,
     ):
-        """`make_pipeline(shard, shards, worker, workers)` builds one ShardPipeline (also inside workers)."""
+        """`make_pipeline(shard, shards, worker, workers, first_step)` builds one ShardPipeline (also
+        inside workers); `micro_batches_per_step` turns this rank's batch count into optimizer steps."""
         self.cfg, self.make_pipeline = cfg, make_pipeline
+        self.micro_batches_per_step, self.first_step = micro_batches_per_step, first_step
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.num_workers = cfg.num_workers
         self.parts, self.fingerprint = parts, fingerprint
@@ -57,7 +72,13 @@ class TrainLoader:
 
     def _build_shard(self, worker: int, state: dict | None) -> ShardPipeline:
         return build_shard(
-            self.make_pipeline, self.dp_rank, self.dp_size, worker, max(1, self.num_workers), state
+            self.make_pipeline,
+            self.dp_rank,
+            self.dp_size,
+            worker,
+            max(1, self.num_workers),
+            state,
+            self.first_step,
         )
 
     def _worker_loader(self) -> torch.utils.data.DataLoader:
@@ -65,7 +86,13 @@ class TrainLoader:
         # a resumed loader continues with the worker whose turn it is: rotate which worker plays which shard
         first = self.batches % self.num_workers
         dataset = _ShardDataset(
-            self.make_pipeline, self.dp_rank, self.dp_size, self.num_workers, first, list(self.shard_states)
+            self.make_pipeline,
+            self.dp_rank,
+            self.dp_size,
+            self.num_workers,
+            first,
+            list(self.shard_states),
+            self.first_step,
         )
         return torch.utils.data.DataLoader(
             dataset,
@@ -89,18 +116,35 @@ class TrainLoader:
             "dp_size": self.dp_size,
             "num_workers": self.num_workers,
             "batches": self.batches,
+            "first_step": self.first_step,
+            "micro_batches_per_step": self.micro_batches_per_step,
             "shards": states,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where `state` left off; refuses a different data config or layout."""
+        """Continue exactly where `state` left off; refuses a different data config or layout.
+
+        With data.on_resume_mismatch=restart a state that does not fit starts the stream over, at the
+        optimizer step the saved position had reached (so the stages stay on the run's steps)."""
         if self.cfg.on_resume_mismatch == "restart" and self._mismatch(state):
-            self._reset(0, [None] * max(1, self.num_workers))
+            self._reset(0, [None] * max(1, self.num_workers), self._step_of(state))
             return
         problem = self._mismatch(state)
         if problem:
             raise DataError(problem)
-        self._reset(int(state["batches"]), list(state["shards"]))
+        # states saved before first_step existed come from loaders that all started at step 0
+        self._reset(int(state["batches"]), list(state["shards"]), int(state.get("first_step", 0)))
+
+    def _step_of(self, state: dict) -> int:
+        """The optimizer step of the next batch after `state`'s position; `first_step` if it does not say.
+
+        States saved before first_step existed do not say (their batch count alone is not enough: the
+        accumulation may have changed since); the caller's `first_step` is then the run's step."""
+        try:
+            per_step = int(state["micro_batches_per_step"])
+            return int(state["first_step"]) + int(state["batches"]) // per_step
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return self.first_step
 
     def _mismatch(self, state: dict) -> str | None:
         from cptrain.data.checks import describe_changes
@@ -131,9 +175,9 @@ class TrainLoader:
             )
         return None
 
-    def _reset(self, batches: int, shard_states: list) -> None:
+    def _reset(self, batches: int, shard_states: list, first_step: int) -> None:
         self.close()
-        self.batches, self.shard_states = batches, shard_states
+        self.batches, self.shard_states, self.first_step = batches, shard_states, first_step
         self._pipeline = None
 
     def close(self) -> None:
@@ -143,9 +187,13 @@ class TrainLoader:
             it._shutdown_workers()
 
     def report(self) -> dict:
-        """Documents and tokens read, skips by reason and file, realized shares, packing efficiency."""
+        """Documents and tokens read, skips by reason and file, realized shares, packing efficiency; and
+        `first_step`, the optimizer step this stream started at (its counts begin there)."""
         states = self.state_dict()["shards"]
-        return data_report(self.cfg, [s for s in states if s is not None], self.batches)
+        return {
+            **data_report(self.cfg, [s for s in states if s is not None], self.batches),
+            "first_step": self.first_step,
+        }
 
 
 def _keep(x):
@@ -153,9 +201,15 @@ def _keep(x):
 
 
 def build_shard(
-    make_pipeline, dp_rank: int, dp_size: int, worker: int, workers: int, state: dict | None
+    make_pipeline,
+    dp_rank: int,
+    dp_size: int,
+    worker: int,
+    workers: int,
+    state: dict | None,
+    first_step: int,
 ) -> ShardPipeline:
-    pipeline = make_pipeline(dp_rank * workers + worker, dp_size * workers, worker, workers)
+    pipeline = make_pipeline(dp_rank * workers + worker, dp_size * workers, worker, workers, first_step)
     if state is not None:
         pipeline.load_state_dict(state)
     return pipeline
@@ -167,21 +221,36 @@ class _ShardDataset(torch.utils.data.IterableDataset):
     It holds no reference to the TrainLoader: a loader <-> dataset cycle would leave old loaders to the
     cyclic garbage collector, which may then run inside a forked worker and trip over their processes."""
 
-    def __init__(self, make_pipeline, dp_rank: int, dp_size: int, workers: int, first: int, states: list):
+    def __init__(
+        self,
+        make_pipeline,
+        dp_rank: int,
+        dp_size: int,
+        workers: int,
+        first: int,
+        states: list,
+        first_step: int,
+    ):
         self.make_pipeline, self.dp_rank, self.dp_size, self.workers = (
             make_pipeline,
             dp_rank,
             dp_size,
             workers,
         )
-        self.first, self.states = first, states
+        self.first, self.states, self.first_step = first, states, first_step
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker = (info.id + self.first) % self.workers
         torch.set_num_threads(1)
         pipeline = build_shard(
-            self.make_pipeline, self.dp_rank, self.dp_size, worker, self.workers, self.states[worker]
+            self.make_pipeline,
+            self.dp_rank,
+            self.dp_size,
+            worker,
+            self.workers,
+            self.states[worker],
+            self.first_step,
         )
         while True:
             arrays = pipeline.next_arrays()

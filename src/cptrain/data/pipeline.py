@@ -1,8 +1,9 @@
 """One shard's training stream: sources -> mixture -> packed rows -> batches, with a small exact state.
 
 A shard is one (data-parallel rank, loader worker) pair. Its micro-batches are the job's micro-batches
-`offset, offset + stride, ...` (stride = loader workers), which is how it knows the optimizer step,
-and so the mixture stage, of every batch it makes without talking to anyone.
+`offset, offset + stride, ...` (stride = loader workers) counted from the loader's start, which is at
+optimizer step `first_step` (0 unless the stream was started over in the middle of a run). That is how
+it knows the optimizer step, and so the mixture stage, of every batch it makes without talking to anyone.
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ class ShardPipeline:
         batch_offset: int = 0,
         batch_stride: int = 1,
         micro_batches_per_step: int = 1,
+        first_step: int = 0,
     ):
-        """`sources`: one document stream per `cfg.sources` entry (TokenizedDocuments or token shards)."""
+        """`sources`: one document stream per `cfg.sources` entry (TokenizedDocuments or token shards).
+
+        `first_step`: the optimizer step the loader's first micro-batch belongs to; a stream started over
+        at step N must pick the stage of step N, not of step 0."""
         self.sources = sources
         self.seq_len, self.micro_batch_size = seq_len, micro_batch_size
         self.batch_offset, self.batch_stride = batch_offset, batch_stride
-        self.micro_batches_per_step = micro_batches_per_step
+        self.micro_batches_per_step, self.first_step = micro_batches_per_step, first_step
         n_stages = 1 + len(cfg.stages)
         self.mixture = Mixture(
             [cfg.stage_weights(i) for i in range(n_stages)], [0] + [s.start_step for s in cfg.stages]
@@ -53,7 +58,9 @@ class ShardPipeline:
         return doc.tokens
 
     def step_of_next_batch(self) -> int:
-        return (self.batch_offset + self.batches * self.batch_stride) // self.micro_batches_per_step
+        """The optimizer step of the next batch: the loader's first step plus the steps taken since."""
+        micro_batch = self.batch_offset + self.batches * self.batch_stride  # since the loader started
+        return self.first_step + micro_batch // self.micro_batches_per_step
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         return as_tensors(self.next_arrays())
