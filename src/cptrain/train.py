@@ -296,7 +296,6 @@ def _run(cfg: Config, env) -> dict:
         done = _already_done(resume_from, folder.path, cfg)
         if done is not None:
             return done
-    torch.manual_seed(cfg.train.seed)
     mesh = build_mesh(cfg.parallel, env)
     dp = env.world_size
     accum = cfg.train.micro_batches_per_step(dp)
@@ -316,6 +315,7 @@ def _run(cfg: Config, env) -> dict:
     folder.create(fresh=resume_from is None)
     log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
                         cfg.logging.wandb_project, config=to_dict(cfg))
+    torch.manual_seed(cfg.train.seed)  # here: whatever the data loaders drew, every rank builds the same init
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
                         micro_batch_size=cfg.train.micro_batch_size, fsdp=cfg.parallel.fsdp,
                         reshard_after_forward=cfg.parallel.reshard_after_forward)
