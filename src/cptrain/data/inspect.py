@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import zlib
 from pathlib import Path
 
 import torch
@@ -24,43 +23,31 @@ SAMPLE_BYTES = 1 << 20  # on-disk bytes read from each of them at most: a large 
 CHUNK = 1 << 12  # read size: what the zstd block count above can be off by
 
 
-def _decompressor(fmt: str):
-    """A fresh decompressor for one gzip member or zstd frame; None for plain jsonl."""
-    if fmt == "jsonl.gz":
-        return zlib.decompressobj(31)
-    if fmt == "jsonl.zst":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj()
-    return None
-
-
 def _file_start(path: Path, fmt: str) -> tuple[bytes, int, bool]:
     """The first bytes of a jsonl file once decompressed, the on-disk bytes they came from, and whether
     that is the whole file. Reads at most SAMPLE_BYTES; a damaged stream ends the sample there.
 
     zstd hands out a block (up to 128 KiB) only once all of it has arrived: the on-disk count stops at
     the last chunk that gave output, so the block still in the works counts on neither side."""
+    from cptrain.data.readers import decompress_frames
+
     size = path.stat().st_size
-    out, disk, used, obj = [], 0, 0, _decompressor(fmt)
+    out, disk, used = [], 0, 0
     with path.open("rb") as f:
-        while disk < min(size, SAMPLE_BYTES):
-            chunk = f.read(min(CHUNK, SAMPLE_BYTES - disk))
-            if not chunk:
-                break
-            disk += len(chunk)
-            got = 0
-            try:
-                while chunk:  # a gzip member or zstd frame may end inside the chunk: the next one follows
-                    data = chunk if obj is None else obj.decompress(chunk)
-                    out.append(data)
-                    got += len(data)
-                    chunk = b""
-                    if obj is not None and obj.eof:
-                        chunk, obj = obj.unused_data, _decompressor(fmt)
-            except Exception:  # noqa: BLE001 - zlib.error, ZstdError: what came before still counts
-                return b"".join(out), used, False
-            used = disk if got else used
+
+        def chunks():
+            nonlocal disk
+            while disk < min(size, SAMPLE_BYTES) and (chunk := f.read(min(CHUNK, SAMPLE_BYTES - disk))):
+                disk += len(chunk)
+                yield chunk
+
+        pieces = ((c, False) for c in chunks()) if fmt == "jsonl" else decompress_frames(chunks(), fmt)
+        try:
+            for data, _ in pieces:
+                out.append(data)
+                used = disk if data else used
+        except Exception:  # noqa: BLE001 - zlib.error, ZstdError: what came before still counts
+            return b"".join(out), used, False
     if disk >= size:
         return b"".join(out), disk, True
     return b"".join(out), used, False

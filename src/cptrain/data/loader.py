@@ -140,11 +140,9 @@ class TrainLoader:
 
         States saved before first_step existed do not say (their batch count alone is not enough: the
         accumulation may have changed since); the caller's `first_step` is then the run's step."""
-        try:
-            per_step = int(state["micro_batches_per_step"])
-            return int(state["first_step"]) + int(state["batches"]) // per_step
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        if "first_step" not in state or "micro_batches_per_step" not in state:
             return self.first_step
+        return int(state["first_step"]) + int(state["batches"]) // max(1, int(state["micro_batches_per_step"]))
 
     def _mismatch(self, state: dict) -> str | None:
         from cptrain.data.checks import describe_changes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,31 +95,47 @@ def _txt_rows(path: Path, separator: str, start_row: int) -> Iterator[Row]:
         line += piece.count("\n") + separator.count("\n")
 
 
+def decompressor(fmt: str):
+    """A fresh incremental decompressor for one gzip member (jsonl.gz) or zstd frame (jsonl.zst)."""
+    if fmt == "jsonl.gz":
+        return zlib.decompressobj(31)
+    try:
+        import zstandard
+    except ImportError:
+        raise ConfigError(
+            "reading .zst files needs zstandard: pip install 'cptrain[data]' (or pip install zstandard)"
+        ) from None
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def decompress_frames(chunks: Iterator[bytes], fmt: str) -> Iterator[tuple[bytes, bool]]:
+    """(decompressed bytes, whether a member/frame is still open) for raw `chunks` of a file of back-to-back
+    gzip members or zstd frames: a frame may end inside a chunk and the next one start there."""
+    obj = decompressor(fmt)
+    for chunk in chunks:
+        while chunk:
+            data = obj.decompress(chunk)
+            chunk, open_frame = b"", True
+            if obj.eof:  # a frame ended; the rest of the chunk starts the next one
+                chunk, obj, open_frame = obj.unused_data, decompressor(fmt), False
+            yield data, open_frame
+
+
 def _zstd_lines(path: Path) -> Iterator[bytes]:
     """Lines of a .zst file (any number of frames); a stream that stops inside a frame raises EOFError.
 
     zstandard's stream reader returns a short read, not an error, for a cut-off file, so frames are
     decompressed by hand and checked for their end."""
     try:
-        import zstandard
-    except ImportError:
-        raise ConfigError(
-            f"{path}: reading .zst files needs zstandard: pip install 'cptrain[data]' "
-            "(or pip install zstandard)"
-        ) from None
-    dctx = zstandard.ZstdDecompressor()
-    pending, obj, in_frame = b"", dctx.decompressobj(), False
+        decompressor("jsonl.zst")  # a missing zstandard fails here, naming the file
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    pending, in_frame = b"", False
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            while chunk:
-                in_frame = True
-                data = obj.decompress(chunk)
-                chunk = b""
-                if obj.eof:  # a frame ended; the rest of the chunk starts the next one
-                    chunk, obj, in_frame = obj.unused_data, dctx.decompressobj(), False
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                yield from (line + b"\n" for line in lines)
+        for data, in_frame in decompress_frames(iter(lambda: f.read(1 << 20), b""), "jsonl.zst"):
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            yield from (line + b"\n" for line in lines)
     if in_frame:
         raise EOFError("zstd stream ended inside a frame")
     if pending:

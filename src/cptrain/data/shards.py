@@ -24,7 +24,7 @@ import numpy as np
 from cptrain.data.checks import describe_changes
 from cptrain.data.config import DataConfig
 from cptrain.data.documents import Document, count_skip, new_stats
-from cptrain.data.sources import DataError, ResolvedSource, iter_documents, resolve_source
+from cptrain.data.sources import DataError, ResolvedSource, iter_documents, listing_or_digest, resolve_source
 from cptrain.data.tokenize import DocumentTokenizer
 
 log = logging.getLogger("cptrain.data")
@@ -61,10 +61,7 @@ def shard_fingerprint(src: ResolvedSource, tokenizer_fp: str) -> tuple[str, dict
     for name, stat in files.items():
         size, mtime = stat if stat is not None else ("remote", "unchecked")
         h.update(f"{name}\0{size}\0{mtime}\n".encode())
-    if len(files) > MAX_META_FILES:
-        digest = hashlib.blake2b(json.dumps(files, sort_keys=True).encode(), digest_size=12)
-        files = f"{len(files)} files, {digest.hexdigest()}"
-    parts = {"tokenizer": tokenizer_fp, "settings": settings, "files": files}
+    parts = {"tokenizer": tokenizer_fp, "settings": settings, "files": listing_or_digest(files, MAX_META_FILES)}
     return f"v{FORMAT_VERSION}-{h.hexdigest()}", parts
 
 

@@ -79,9 +79,7 @@ class ResolvedSource:
         else:
             files = {name: f"{_size(path)} bytes" for name, path in self.input_files()}
             files.update({entry: "not checked (no local file)" for entry in self.unchecked})
-            if len(files) > MAX_LISTED_FILES:
-                h = hashlib.blake2b(json.dumps(files, sort_keys=True).encode(), digest_size=12)
-                files = f"{len(files)} files, {h.hexdigest()}"
+            files = listing_or_digest(files, MAX_LISTED_FILES)
         return {
             "name": c.name,
             "path": c.path,
@@ -92,6 +90,14 @@ class ResolvedSource:
             "data_files": list(c.data_files),
             "files": files,
         }
+
+
+def listing_or_digest(files: dict, limit: int) -> dict | str:
+    """`files` as they are, or past `limit` entries "N files, <digest>" (still changes when any entry does)."""
+    if len(files) <= limit:
+        return files
+    h = hashlib.blake2b(json.dumps(files, sort_keys=True).encode(), digest_size=12)
+    return f"{len(files)} files, {h.hexdigest()}"
 
 
 def _size(path: Path) -> int:
