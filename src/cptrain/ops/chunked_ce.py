@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 # the triton path keeps one [chunk, V] buffer in the input dtype; the torch path holds about four fp32 ones
 _LOGITS_BUDGET_BYTES = 512 * 2**20
@@ -59,11 +60,17 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     importable, else PyTorch), "torch" or "triton". Gradients flow to hidden and weight through autograd;
     the graph cannot be backpropagated twice. `weight_grad_to`: an ops.tied_grad.GradSlot that receives the
     weight's gradient instead of autograd (a tied embedding's lookup then adds its rows into it).
+    A label outside [0, V) other than `ignore_index` is an error: raised on CPU, a device-side assert on
+    CUDA (no host sync). Under autocast hidden and weight are cast to its dtype, as for `hidden @ weight.T`.
     """
-    if (hidden.ndim != 2 or weight.ndim != 2 or labels.shape != hidden.shape[:1]
-            or hidden.shape[1] != weight.shape[1]):
-        raise ValueError(f"linear_cross_entropy: expected hidden [N, H], weight [V, H], labels [N]; got "
-                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(labels.shape)}")
+    _check_placement(hidden, weight, labels)
+    _check_shapes(hidden, weight, labels)
+    _check_dtypes(hidden, weight, labels)
+    device_type = hidden.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return _under_autocast(hidden, weight, labels, device_type, ignore_index=ignore_index,
+                               reduction=reduction, z_loss=z_loss, softcap=softcap, chunk_size=chunk_size,
+                               process_group=process_group, impl=impl, weight_grad_to=weight_grad_to)
     if hidden.dtype != weight.dtype:
         raise ValueError(f"linear_cross_entropy: hidden is {hidden.dtype} but weight is {weight.dtype}; "
                          "cast one of them (under FSDP2 set the same param_dtype for the whole model)")
@@ -83,6 +90,48 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return _LinearCrossEntropy.apply(hidden.contiguous(), weight, labels.contiguous(), opts, weight_grad_to)
 
 
+def _check_placement(*tensors: torch.Tensor) -> None:
+    """A DTensor here is a still-sharded FSDP2 parameter (used outside the module's forward) or a TP
+    layout; mm would fail on it with a message about mixing tensors. Labels left on the host would reach
+    the Triton kernels as a host pointer."""
+    for name, t in zip(("hidden", "weight", "labels"), tensors, strict=True):
+        if isinstance(t, DTensor):
+            raise ValueError(f"linear_cross_entropy: {name} is a DTensor ({t.placements}); pass plain tensors: "
+                             "call it inside the FSDP2 module's forward, where the weight is unsharded, or pass "
+                             "weight.full_tensor(); for vocabulary parallel pass the local slice "
+                             "(to_local()) and process_group")
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError("linear_cross_entropy: hidden, weight and labels must be on one device, got "
+                         f"{[str(t.device) for t in tensors]}")
+
+
+def _check_shapes(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> None:
+    if (hidden.ndim != 2 or weight.ndim != 2 or labels.shape != hidden.shape[:1]
+            or hidden.shape[1] != weight.shape[1]):
+        raise ValueError(f"linear_cross_entropy: expected hidden [N, H], weight [V, H], labels [N]; got "
+                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(labels.shape)} (flatten "
+                         "[batch, seq, H] hidden states and [batch, seq] labels first)")
+
+
+def _check_dtypes(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> None:
+    """Float labels would fail deep inside gather (torch) or be read as garbage ids (Triton)."""
+    if not (hidden.is_floating_point() and weight.is_floating_point()):
+        raise ValueError(f"linear_cross_entropy: hidden and weight must be floating point, got {hidden.dtype} "
+                         f"and {weight.dtype}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"linear_cross_entropy: labels must be int64 or int32 token ids, got {labels.dtype}")
+
+
+def _under_autocast(hidden, weight, labels, device_type: str, **kwargs) -> torch.Tensor:
+    """What `hidden @ weight.T` does under autocast: both matmul inputs in the autocast dtype (float64 left
+    alone). The casts are recorded by autograd, so fp32 parameters get fp32 gradients; the kernels then
+    run with autocast off, since it would retype their out= matmuls."""
+    dtype = torch.get_autocast_dtype(device_type)
+    hidden, weight = (t if t.dtype == torch.float64 else t.to(dtype) for t in (hidden, weight))
+    with torch.autocast(device_type, enabled=False):
+        return linear_cross_entropy(hidden, weight, labels, **kwargs)
+
+
 # chunks have a multiple of this many rows (when they have more): the matmuls' row tiles on H100 are 256
 # high (cuBLAS's nvjet 256x128 kernels), and a chunk of 1664 rows (V = 151936 at 128-row steps) left
 # half of its last row of tiles idle in two of its three matmuls
@@ -92,7 +141,7 @@ ROW_MULTIPLE = 256
 def default_chunk_size(vocab_local: int, bytes_per_logit: int) -> int:
     """Rows per chunk so that the chunk's logits buffers stay near the budget: its rows rounded to the nearest
     multiple of ROW_MULTIPLE (at most half a multiple over budget), at least one multiple."""
-    rows = _LOGITS_BUDGET_BYTES // (vocab_local * bytes_per_logit)
+    rows = _LOGITS_BUDGET_BYTES // (max(1, vocab_local) * bytes_per_logit)  # a TP rank's slice may be empty
     return max(ROW_MULTIPLE, (rows + ROW_MULTIPLE // 2) // ROW_MULTIPLE * ROW_MULTIPLE)
 
 
@@ -149,8 +198,9 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
                     need_hidden: bool, need_weight: bool):
     n_tokens, vocab_local = hidden.shape[0], weight.shape[0]
     group = opts.process_group
-    vocab_start = _vocab_start(vocab_local, group, hidden.device)
+    vocab_start, vocab_total, chunk_size = _layout(vocab_local, n_tokens, opts, hidden.device)
     valid = labels != opts.ignore_index
+    _check_label_range(labels, valid, vocab_total, opts.ignore_index)
     n_valid = valid.sum()
     row_scale = valid.float()
     if opts.reduction == "mean":
@@ -160,7 +210,7 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     # the first chunk writes d(weight) whole (no zero fill, no read of zeros); no chunk at all: zeros
     grad_weight = (torch.empty_like(weight) if n_tokens else torch.zeros_like(weight)) if need_weight else None
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    rows = _chunk_rows(n_tokens, opts.chunk_size)
+    rows = _chunk_rows(n_tokens, chunk_size)
     buffer = (torch.empty((rows, vocab_local), dtype=hidden.dtype, device=hidden.device)
               if opts.use_triton else None)
 
@@ -233,12 +283,40 @@ def _local_targets(labels, vocab_start: int, vocab_local: int, ignore_index: int
     return local.clamp(0, vocab_local - 1), hit
 
 
-def _vocab_start(vocab_local: int, group, device: torch.device) -> int:
+def _layout(vocab_local: int, n_tokens: int, opts: _Options, device: torch.device) -> tuple[int, int, int]:
+    """(first vocabulary row of this rank's slice, whole vocabulary size, chunk size every rank uses).
+
+    Under a process group the ranks must run the same chunks, since each chunk holds a collective: the
+    default chunk size follows the local slice, and uneven slices can round to different sizes (slices of
+    69905 and 69906 rows give 2048 and 1792 rows of bf16 logits), so all take the smallest. One all-gather
+    of three integers and one host sync (the slice offsets needed it already; it once took one `.item()`
+    per rank). Ranks given different tokens would pair up unrelated chunks: refused.
+    """
+    group = opts.process_group
     if group is None:
-        return 0
-    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(sizes, torch.tensor([vocab_local], dtype=torch.int64, device=device), group=group)
-    return int(sum(s.item() for s in sizes[: dist.get_rank(group)]))
+        return 0, vocab_local, opts.chunk_size
+    mine = torch.tensor([vocab_local, n_tokens, opts.chunk_size], dtype=torch.int64, device=device)
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, mine, group=group)
+    table = torch.stack(parts).tolist()
+    if len({row[1] for row in table}) != 1:
+        raise ValueError("linear_cross_entropy: with a process_group every rank must pass the same hidden "
+                         f"tokens and labels; token counts by rank: {[row[1] for row in table]}")
+    sizes = [row[0] for row in table]
+    return sum(sizes[: dist.get_rank(group)]), sum(sizes), min(row[2] for row in table)
+
+
+def _check_label_range(labels: torch.Tensor, valid: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """A label outside [0, vocab) would silently count as a zero target logit (both paths clamp or mask
+    it). On CUDA the check is device-side (`torch._assert_async`: no host sync, a device assert like
+    F.cross_entropy's); elsewhere it raises with the offending value."""
+    bad = valid & ((labels < 0) | (labels >= vocab))
+    if labels.is_cuda:
+        torch._assert_async(~bad.any(), "linear_cross_entropy: a label is outside [0, vocab_size) and is not "
+                                        "ignore_index")
+    elif labels.device.type != "meta" and bool(bad.any()):
+        raise ValueError(f"linear_cross_entropy: labels must be in [0, {vocab}) (the vocabulary size) or equal "
+                         f"ignore_index={ignore_index}; got {labels[bad][0].item()}")
 
 
 def _combine_over_vocab(lse: torch.Tensor, target: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor]:

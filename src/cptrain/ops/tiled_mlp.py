@@ -29,6 +29,7 @@ PyTorch's silu/mul and their gradients cost 19.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import torch
@@ -50,12 +51,24 @@ def tiled_mlp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_t
               params: list[torch.Tensor], fast_path: bool = True) -> torch.Tensor:
     """fn(x) for x [..., dim], computed over `num_tiles` token tiles; gradients flow to x and `params`
     (the tensors `fn` reads, e.g. `list(mlp.parameters())`). fast_path=False forces the generic path."""
-    if num_tiles <= 1:
+    num_tiles = _tile_count(num_tiles)
+    if num_tiles == 1:
         return fn(x)
     weights = _plain_swiglu_weights(fn, params, x) if fast_path else None
     if weights is not None:
         return _TiledSwiGLU.apply(x, num_tiles, *weights)
     return _TiledMLP.apply(fn, num_tiles, x, *params)
+
+
+def _tile_count(num_tiles) -> int:
+    """A zero, negative or fractional count is a caller's bug; running untiled would hide it."""
+    try:
+        count = operator.index(num_tiles)
+    except TypeError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"tiled_mlp: num_tiles must be a positive integer (1: untiled), got {num_tiles!r}")
+    return count
 
 
 def _plain_swiglu_weights(fn, params: list[torch.Tensor], x: torch.Tensor):
@@ -146,7 +159,7 @@ class _TiledMLP(torch.autograd.Function):
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[3:]) if need]
         params = [ctx.params[i] for i in wanted]
         tokens = x.reshape(-1, x.shape[-1])
-        grad_tokens = grad_out.reshape(tokens.shape[0], -1)
+        grad_tokens = grad_out.reshape(tokens.shape[0], grad_out.shape[-1])  # not -1: 0 tokens is allowed
         grad_x = torch.empty_like(tokens) if need_x else None
         sums: list[torch.Tensor | None] = [None] * len(params)
         owned = [False] * len(params)  # tile 0's grad may alias autograd's buffers: add out of place once
@@ -203,7 +216,7 @@ class _TiledSwiGLU(torch.autograd.Function):
         x, gate, up, down = ctx.saved_tensors
         need_x, _, need_gate, need_up, need_down = ctx.needs_input_grad
         tokens = x.reshape(-1, x.shape[-1])
-        grad_tokens = grad_out.reshape(tokens.shape[0], -1)
+        grad_tokens = grad_out.reshape(tokens.shape[0], grad_out.shape[-1])  # not -1: 0 tokens is allowed
         grad_x = torch.empty_like(tokens) if need_x else None
         # weight grads are summed over tiles by addmm (fp32 inside each product); beta=0 on the first tile
         # makes the uninitialised buffers safe
