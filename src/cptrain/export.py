@@ -7,6 +7,7 @@ whatever topology wrote the checkpoint.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,12 +38,37 @@ def export_state_dict(args: ModelArgs, state_dict: dict, out: Path, tokenizer=No
 
 def _locate(path: Path) -> tuple[Path, Path]:
     """(run folder, committed step folder) from either of them."""
+    path = path.expanduser().resolve()
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or directory (give a run folder or its checkpoints/step-N)")
     if (path / MARKER).is_file():
         return path.parent.parent, path
+    if path.parent.name == "checkpoints":
+        _refuse_uncommitted(path)
     steps = committed_steps(path / "checkpoints")
     if not steps:
         raise ConfigError(f"{path}: neither a committed checkpoint (no {MARKER}) nor a run folder with one")
     return path, steps[-1]
+
+
+def _refuse_uncommitted(step_dir: Path) -> None:
+    """A step folder without its marker is a save that never finished: its shards may be partial."""
+    done = [p.name for p in committed_steps(step_dir.parent)]
+    hint = f"committed: {', '.join(done)}" if done else "the run has no committed step"
+    raise ConfigError(f"{step_dir} is not a committed checkpoint (no {MARKER} marker: its save did not finish); "
+                      f"{hint}")
+
+
+def _check_out(out: Path, run_dir: Path) -> None:
+    """OUT gets config.json and weight files: never a file, the run folder itself, its checkpoints or another
+    run folder (a config.json there would make it look like a model, and the weights would sit among shards)."""
+    resolved = out.expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise ConfigError(f"export OUT_DIR {out} is a file; give a directory (it is created if missing)")
+    inside = resolved == run_dir or (run_dir / "checkpoints") in (resolved, *resolved.parents)
+    if inside or (resolved / "config.resolved.toml").is_file() or (resolved / "checkpoints").is_dir():
+        raise ConfigError(f"export OUT_DIR {out} is a run folder or inside its checkpoints; give a folder of its "
+                          f"own, e.g. {run_dir / 'hf'}")
 
 
 def export_run(path: str, out: str, dtype: str = "bf16") -> Path:
@@ -50,6 +76,7 @@ def export_run(path: str, out: str, dtype: str = "bf16") -> Path:
     from transformers import AutoTokenizer
 
     run_dir, step_dir = _locate(Path(path))
+    _check_out(Path(out), run_dir)
     info = run_dir / "model_args.json"
     if not info.is_file():
         raise ConfigError(f"{info} is missing: export needs the run folder the checkpoint belongs to")
@@ -59,7 +86,9 @@ def export_run(path: str, out: str, dtype: str = "bf16") -> Path:
     sd = {k: torch.empty(v.shape, dtype=torch.float32) for k, v in shapes.items()
           if not (args.tie_embeddings and k == "lm_head.weight")}
     wrapped = {"model": sd}
-    dcp.load(wrapped, checkpoint_id=str(step_dir / "model"))
+    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": the intended one-process read
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(wrapped, checkpoint_id=str(step_dir / "model"))
     tok_dir = run_dir / "tokenizer"
     tokenizer = AutoTokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else None
     return export_state_dict(args, wrapped["model"], Path(out), tokenizer, DTYPES[dtype])

