@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -130,9 +131,7 @@ def load(step_dir: Path, model, optimizer=None, *, load_rank_state: bool = True)
     dcp.load(msd, checkpoint_id=str(step_dir / "model"))
     set_model_state_dict(model, msd["model"])
     if optimizer is not None:
-        osd = {"optim": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(osd, checkpoint_id=str(step_dir / "optim"))
-        set_optimizer_state_dict(model, optimizer, osd["optim"])
+        _load_optimizer_state(step_dir, model, optimizer)
     if not load_rank_state:
         return train_state, None
     rank_file = step_dir / f"rank-{dist.get_rank()}.pt"
@@ -145,6 +144,25 @@ def load(step_dir: Path, model, optimizer=None, *, load_rank_state: bool = True)
     rank_state = torch.load(rank_file, weights_only=True)
     set_rng_state(rank_state["rng"])
     return train_state, rank_state["data"]
+
+
+def _load_optimizer_state(step_dir: Path, model, optimizer) -> None:
+    """The per-parameter AdamW state (moments, step counts, keyed by parameter name) from the checkpoint; the
+    groups stay this run's. Loading the saved groups too failed with DCP's "Missing key ... param_groups.N"
+    whenever the recipe grouped the parameters differently (a new LR multiplier or weight decay on resume),
+    and would have put the old settings back (optim.keep_config_hyperparameters)."""
+    live = get_optimizer_state_dict(model, optimizer)
+    wanted = {"optim": {"state": live["state"]}}
+    try:
+        dcp.load(wanted, checkpoint_id=str(step_dir / "optim"))
+    except (RuntimeError, CheckpointException) as e:  # DCP wraps a rank's error in a BaseException
+        if "Missing key in checkpoint state_dict" not in str(e):
+            raise
+        raise ConfigError(f"{step_dir}: its optimizer state lacks parameters this run trains (one unfrozen since "
+                          "the save has no AdamW state there): resume with "
+                          "checkpoint.load_optimizer=false") from None
+    set_optimizer_state_dict(model, optimizer, {"state": wanted["optim"]["state"],
+                                                "param_groups": live["param_groups"]})
 
 
 def full_model_state_dict(model) -> dict[str, torch.Tensor]:
