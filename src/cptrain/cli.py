@@ -1,4 +1,4 @@
-"""`cptrain` command line: run, export, generate, eval, inspect-model, inspect-data, tokenize, dedup.
+"""`cptrain` command line: run, export, inspect-model, generate, inspect-data, tokenize, dedup.
 
 Each subcommand imports what it needs inside its handler, so `cptrain --help` is instant and a
 missing optional dependency only matters to the subcommand that uses it.
@@ -87,19 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a Hugging Face directory from a run folder or checkpoint")
     p.add_argument("run_or_checkpoint", help="run folder (newest committed step) or checkpoints/step-N")
     p.add_argument("out", help="output directory")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"],
+                   help="dtype of the saved weights (default bf16)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("inspect-model", help="architecture, parameter count and memory estimate")
     p.add_argument("model", help="preset name, HF directory, .gguf file or builtin:smollm2-135m")
-    p.add_argument("--seq-len", type=_positive_int, default=8192)
-    p.add_argument("--micro-batch-size", type=_positive_int, default=1)
+    p.add_argument("--seq-len", type=_positive_int, default=8192,
+                   help="sequence length for the activation estimate (default 8192)")
+    p.add_argument("--micro-batch-size", type=_positive_int, default=1,
+                   help="rows per forward for the activation estimate (default 1)")
     p.set_defaults(func=_inspect_model)
 
-    p = sub.add_parser("generate", help="sample a continuation from a model path")
+    p = sub.add_parser("generate", help="greedy continuation of a prompt from a model path")
     p.add_argument("model", help="HF directory, .gguf file or builtin:smollm2-135m (export a run first)")
     p.add_argument("prompt", help="text to continue (not empty)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
     p.set_defaults(func=_generate)
 
     for name, text in [
