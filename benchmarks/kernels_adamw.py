@@ -147,7 +147,7 @@ def main() -> None:
                    "defaults")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--bandwidth-gbs", type=float, default=None, help="HBM GB/s for the '% of bandwidth' column "
+    p.add_argument("--bandwidth-gbs", type=float, default=None, help="HBM GB/s for the '%% of bandwidth' column "
                    "(default: 3350 for H100 SXM, 4800 for H200)")
     args = p.parse_args()
     command = shlex.join(["python3", *sys.argv])
