@@ -150,7 +150,7 @@ def _load_optimizer_state(step_dir: Path, model, optimizer) -> None:
     """The per-parameter AdamW state (moments, step counts, keyed by parameter name) from the checkpoint; the
     groups stay this run's. Loading the saved groups too failed with DCP's "Missing key ... param_groups.N"
     whenever the recipe grouped the parameters differently (a new LR multiplier or weight decay on resume),
-    and would have put the old settings back (optim.keep_config_hyperparameters)."""
+    and torch's load_state_dict would have copied the saved weight decay, betas and eps over the recipe's."""
     live = get_optimizer_state_dict(model, optimizer)
     wanted = {"optim": {"state": live["state"]}}
     try:

@@ -62,32 +62,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
         if not triton_adamw_available(device_type) and not os.environ.get("TRITON_INTERPRET"):
             raise ConfigError(f"optim.fused='triton' needs a CUDA device and the triton package (device: "
                               f"{device_type}); use 'on' (torch's fused AdamW) or 'off' (foreach)")
-        return keep_config_hyperparameters(TritonAdamW(groups, weight_decay=cfg.weight_decay, **hyper))
+        return TritonAdamW(groups, weight_decay=cfg.weight_decay, **hyper)
     fused = kernel == "on"
-    return keep_config_hyperparameters(keep_implementation_on_load(
-        torch.optim.AdamW(groups, fused=fused or None, foreach=None if fused else True, **hyper)))
-
-
-# what the recipe sets per group; a checkpoint supplies only the per-parameter state (moments, step counts)
-_CONFIG_KEYS = ("lr_mult", "weight_decay", "betas", "eps")
-
-
-def keep_config_hyperparameters(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """After `load_state_dict`, put this run's weight decay, betas, eps and LR multiplier back on each group.
-
-    torch copies the saved groups' values over the live ones, so a resume that changed optim.weight_decay,
-    betas or eps silently kept the checkpoint's (while the LR, recomputed by train.restore_schedule, and the
-    resolved config followed the recipe). The saved groups are matched by index, so one whose grouping changed
-    could also bring another group's values. `initial_lr` goes back to the group's base LR for the same reason.
-    """
-    own = [{**{k: g[k] for k in _CONFIG_KEYS}, "initial_lr": g["lr"]} for g in optimizer.param_groups]
-
-    def restore(opt: torch.optim.Optimizer) -> None:
-        for group, values in zip(opt.param_groups, own):
-            group.update(values)
-
-    optimizer.register_load_state_dict_post_hook(restore)
-    return optimizer
+    return keep_implementation_on_load(
+        torch.optim.AdamW(groups, fused=fused or None, foreach=None if fused else True, **hyper))
 
 
 def folds_clip_and_skip(optimizer: torch.optim.Optimizer) -> bool:
