@@ -138,6 +138,23 @@ def time_steps(step: Callable[[], float], warmup: int, steps: int, sync: Callabl
     return times, losses
 
 
+def kernel_ms(once: Callable[[], object], repeats: int) -> dict[str, float]:
+    """ms of device time per call of `once`, by kernel name (first 80 characters), largest first: the
+    profiler's kernel durations summed over `repeats` calls, so the host's launch speed does not count (in the
+    model the host runs far ahead of the device). Call after warming `once` up; CUDA only."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            once()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[e.name[:80]] = kernels.get(e.name[:80], 0.0) + e.device_time / 1e3 / repeats
+    return dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+
+
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 

@@ -50,15 +50,8 @@ def time_variant(once, warmup: int, repeats: int) -> tuple[float, float, dict[st
     end.record()
     torch.cuda.synchronize()
     wall = start.elapsed_time(end) / repeats
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeats):
-            once()
-        torch.cuda.synchronize()
-    kernels: dict[str, float] = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[e.name[:80]] = kernels.get(e.name[:80], 0.0) + e.device_time / 1e3 / repeats
-    return sum(kernels.values()), wall, dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+    kernels = harness.kernel_ms(once, repeats)
+    return sum(kernels.values()), wall, kernels
 
 
 def run_shape(preset: str, tokens: int, warmup: int, repeats: int, impls: list[str]) -> list[dict]:
