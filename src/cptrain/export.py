@@ -15,7 +15,7 @@ import torch
 from cptrain.checkpoint import MARKER, committed_steps
 from cptrain.configtools import ConfigError
 from cptrain.models.decoder import Decoder
-from cptrain.models.hf import export_hf
+from cptrain.models.hf import export_family, export_hf
 from cptrain.models.presets import ModelArgs
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -81,6 +81,7 @@ def export_run(path: str, out: str, dtype: str = "bf16") -> Path:
     if not info.is_file():
         raise ConfigError(f"{info} is missing: export needs the run folder the checkpoint belongs to")
     args = ModelArgs(**json.loads(info.read_text()))
+    export_family(args)  # a shape no HF architecture expresses: refused before the shards are read
     with torch.device("meta"):
         shapes = Decoder(args).state_dict()
     sd = {k: torch.empty(v.shape, dtype=torch.float32) for k, v in shapes.items()

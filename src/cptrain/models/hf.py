@@ -232,11 +232,38 @@ def tie_weights(model) -> None:
         model.lm_head.weight = model.embed_tokens.weight
 
 
+HF_CONFIG_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
+                     "qwen3": "Qwen3Config"}
+
+
+def export_family(args: ModelArgs) -> str:
+    """The Hugging Face architecture an export is written as: one whose parameters and math are exactly the
+    decoder's, so transformers gives the same logits and `load_pretrained` reads the same shape back.
+
+    `family` picks among architectures that compute the same thing (Llama or Mistral); the attention extras
+    decide otherwise. q/k/v biases alone are Qwen2's attention: Llama's `attention_bias = true` would add an
+    o_proj bias the decoder lacks, written either as a missing tensor (transformers initialises it and warns)
+    or as zeros that training in transformers makes non-zero, which no import could then take back. qk-norm
+    alone is Qwen3's; Qwen2 without biases and Qwen3 without qk-norm are plain Llama. So a Llama-family model
+    with qkv_bias comes back from an export with family 'qwen2' and everything else as it was. Raises
+    ConfigError naming the keys for the one combination no architecture expresses."""
+    if args.qkv_bias and args.qk_norm:
+        raise ConfigError("model: qkv_bias = true with qk_norm = true cannot be exported: no Hugging Face "
+                          "architecture has q/k/v biases and qk-norm without an o_proj bias as well (Qwen3's "
+                          "attention_bias adds one); set model.overrides.qkv_bias = false or qk_norm = false")
+    if args.qkv_bias:
+        return "qwen2"
+    if args.qk_norm:
+        return "qwen3"
+    return args.family if args.family in ("llama", "mistral") else "llama"
+
+
 def hf_config_from_args(args: ModelArgs, dtype: torch.dtype):
+    """The transformers config of an export (architecture from `export_family`)."""
     import transformers
 
-    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config"}
-    cls = getattr(transformers, classes[args.family])
+    family = export_family(args)
+    cls = getattr(transformers, HF_CONFIG_CLASSES[family])
     kwargs = dict(
         vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_dim,
         num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads,
@@ -247,16 +274,16 @@ def hf_config_from_args(args: ModelArgs, dtype: torch.dtype):
     if args.rope_scaling:
         scaling = {k: v for k, v in args.rope_scaling.items() if k != "type"}
         kwargs["rope_scaling"] = {"rope_type": args.rope_scaling["type"], **scaling}
-    if args.family == "llama":
-        kwargs["attention_bias"] = args.qkv_bias
-    elif args.qkv_bias and args.family != "qwen2":
-        raise ConfigError(f"family {args.family!r} cannot express qkv bias; use family 'qwen2' or 'llama'")
-    if args.family == "qwen3" and not args.qk_norm or args.family != "qwen3" and args.qk_norm:
-        raise ConfigError("qk_norm must match family 'qwen3'")
-    if args.family == "mistral":
+    if family in ("llama", "qwen3"):
+        kwargs["attention_bias"] = False  # true adds q/k/v and o_proj biases: the decoder has no o_proj bias
+    if family == "llama":
+        kwargs["mlp_bias"] = False
+    if family == "mistral":
         kwargs["sliding_window"] = None
+    elif family in ("qwen2", "qwen3"):  # no window: cptrain attends to the whole causal context
+        kwargs.update(use_sliding_window=False, sliding_window=None)
     config = cls(**kwargs)
-    config.architectures = [classes[args.family].replace("Config", "ForCausalLM")]
+    config.architectures = [HF_CONFIG_CLASSES[family].replace("Config", "ForCausalLM")]
     config.dtype = str(dtype).replace("torch.", "")
     return config
 
@@ -275,11 +302,18 @@ def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | N
     """Write config.json, safetensors (sharded with an index when large) and tokenizer files."""
     from safetensors.torch import save_file
 
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("inv_freq")}
+    dtype = dtype or next(iter(sd.values())).dtype
+    # the config before anything in `out` changes: a shape no HF architecture expresses is refused here
+    args = _with_special_tokens(model.args, tokenizer)
+    config = hf_config_from_args(args, dtype)
+    if export_family(args) != args.family:
+        print(f"export: family {args.family!r} with qkv_bias = {str(args.qkv_bias).lower()}, qk_norm = "
+              f"{str(args.qk_norm).lower()} is written as {config.architectures[0]}, the Hugging Face "
+              "architecture with the same parameters and logits", flush=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_weights(out)
-    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("inv_freq")}
-    dtype = dtype or next(iter(sd.values())).dtype
     if model.args.tie_embeddings:
         sd.pop("lm_head.weight", None)
     hf_sd = {(k if k == "lm_head.weight" else f"model.{k}"): v.detach().to("cpu", dtype).contiguous()
@@ -304,7 +338,7 @@ def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | N
         total = sum(t.numel() * t.element_size() for t in hf_sd.values())
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    hf_config_from_args(_with_special_tokens(model.args, tokenizer), dtype).save_pretrained(out)
+    config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

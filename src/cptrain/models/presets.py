@@ -24,7 +24,9 @@ class ModelArgs:
     tie_embeddings: bool = False
     qkv_bias: bool = False
     qk_norm: bool = False
-    family: str = "llama"  # llama | mistral | qwen2 | qwen3: picks the HF config class on export
+    # llama | mistral | qwen2 | qwen3: the HF class on export where it computes the same logits; qkv_bias
+    # alone exports as qwen2, qk_norm alone as qwen3 (cptrain.models.hf.export_family says why)
+    family: str = "llama"
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None  # Llama 3 Instruct lists several
 
