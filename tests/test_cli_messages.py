@@ -1,5 +1,6 @@
 """Command-line and logger errors a user meets before any training: one line that says what to do."""
 
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -118,3 +119,40 @@ def test_overrides_may_follow_the_dry_run_flag(capsys):
     assert "steps = 7" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["run", str(recipe), "--dry-run", "--bogus"])
+
+
+def _cli(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cptrain.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_reader_that_stops_after_one_line_gets_no_traceback(tmp_path):
+    """`cptrain run R --dry-run | head -1`: an output far larger than a pipe's buffer, so the writes after
+    the reader closed fail for certain."""
+    sources = "".join(f'[[data.sources]]\nname = "s{i}"\npath = "data/s{i}.jsonl"\n' for i in range(2000))
+    path = tmp_path / "r.toml"
+    path.write_text('[model]\npreset = "debug"\ninit = "random"\ntokenizer = "t"\n' + sources)
+    proc = _cli("run", str(path), "--dry-run")
+    assert proc.stdout.readline().strip() == "[model]"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_a_reader_gone_before_any_output_gets_no_traceback():
+    proc = _cli("inspect-model", "debug")
+    proc.stdout.close()  # before the child has imported anything, let alone printed (`| head -0`)
+    err = proc.stderr.read()
+    assert proc.wait() == 141, err
+    assert "BrokenPipeError" not in err
+
+
+def test_a_broken_pipe_elsewhere_is_still_reported():
+    """Only a closed stdout is quiet: a broken pipe inside a command (a data-loader worker's) is a failure."""
+    code = ("import sys, cptrain.cli as cli\n"
+            "def fail(ns):\n    raise BrokenPipeError(32, 'worker pipe')\n"
+            "cli._inspect_model = fail\n"
+            "sys.exit(cli.main(['inspect-model', 'debug']))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 1 and "Traceback" in run.stderr and "worker pipe" in run.stderr

@@ -7,6 +7,8 @@ missing optional dependency only matters to the subcommand that uses it.
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 
 from cptrain.configtools import ConfigError
@@ -123,20 +125,51 @@ FORWARDED = {"inspect-data": "cptrain.data.inspect", "tokenize": "cptrain.data.t
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv and argv[0] in FORWARDED:  # argparse's REMAINDER drops leading --flags: hand over argv whole
-            import importlib
-
-            return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:]) or 0
-        parser = build_parser()
-        ns, extra = parser.parse_known_args(argv)
-        if extra and ns.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
-            ns.overrides += extra  # overrides after a flag (`run R --dry-run k=v`): argparse stops at the flag
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return ns.func(ns)
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at interpreter exit
+        return code
     except ConfigError as e:
         print(f"cptrain: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `cptrain inspect-model X | head -1`: the reader closed early, which is not our error. As Python's
+        # signal docs advise, point stdout at devnull so the flush at exit cannot fail again; exit as a
+        # process killed by SIGPIPE would
+        fd = _stdout_reader_gone()
+        if fd is None:
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+        return 141
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in FORWARDED:  # argparse's REMAINDER drops leading --flags: hand over argv whole
+        import importlib
+
+        return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:]) or 0
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra and ns.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
+        ns.overrides += extra  # overrides after a flag (`run R --dry-run k=v`): argparse stops at the flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return ns.func(ns)
+
+
+def _stdout_reader_gone() -> int | None:
+    """stdout's file descriptor when it is a pipe whose reader has closed (poll flags the write end
+    POLLERR), else None: a broken pipe elsewhere (a data-loader worker's) is a real failure to report."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no descriptor (pytest's capture): not a pipe of ours
+        return None
+    if not hasattr(select, "poll"):  # Windows: no way to tell; Python's own recipe assumes stdout
+        return fd
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return fd if any(events & select.POLLERR for _, events in poller.poll(0)) else None
 
 
 if __name__ == "__main__":
