@@ -1,6 +1,9 @@
 """Load-time checks: keys a recipe leaves out, world-size-free batch and parallel rules, ranges, and whether
 the recipe or a command-line override is blamed. All of these must fail `cptrain run --dry-run`."""
 
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,108 @@ def test_an_override_can_address_one_list_entry(tmp_path):
         load_config(recipe, ["data.sources[2].weight=3"])
     with pytest.raises(ConfigError, match=r"'data.sources' is a list; address one entry as data.sources\[0\].weight"):
         load_config(recipe, ["data.sources.weight=3"])
+
+
+# 6. on the command line a value for a text key is the text as typed, even where TOML reads another type
+
+
+def test_text_keys_keep_override_values_as_typed(tmp_path):
+    cfg = load_config(recipe(tmp_path, MODEL + SOURCES), [
+        "eval.sample_prompt=12:00:00",  # TOML: a local time
+        "model.path=1979-05-27T07:32:00Z",  # str | None; TOML: a datetime, whose str() would read differently
+        "checkpoint.resume=1e-4",  # TOML: a float, str() would be 0.0001
+        "data.sources[0].name=2024-01-01",  # a list entry's key; TOML: a date
+        "data.sources[0].split=true",
+    ])
+    assert cfg.eval.sample_prompt == "12:00:00" and cfg.model.path == "1979-05-27T07:32:00Z"
+    assert cfg.checkpoint.resume == "1e-4"
+    assert cfg.data.sources[0].name == "2024-01-01" and cfg.data.sources[0].split == "true"
+
+
+def test_other_keys_keep_the_toml_type_of_an_override():
+    cfg = load_config(None, [*BASE, "train.steps=12", "optim.lr=1e-4", "logging.tensorboard=false"])
+    assert cfg.train.steps == 12 and cfg.optim.lr == 1e-4 and cfg.logging.tensorboard is False
+    # a list or table is not text: it still fails the str check, naming the key
+    assert "eval.sample_prompt: expected a string, got [1, 2]" in err("eval.sample_prompt=[1, 2]")
+    assert "train.steps: expected an integer, got datetime.time(12, 0)" in err("train.steps=12:00:00")
+
+
+def test_an_unquoted_time_in_a_recipe_says_to_quote_it(tmp_path):
+    path = recipe(tmp_path, MODEL + SOURCES + "[eval]\nsample_prompt = 12:00:00\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert ('eval.sample_prompt: expected a string, got datetime.time(12, 0) (time); TOML reads it unquoted '
+            'as a time: write it in quotes, e.g. "12:00:00"') in str(e.value)
+
+
+# 7. errors raised by a section's own checks name their key, so an override that set it is blamed
+
+
+def test_check_errors_blame_the_override_that_set_the_key(tmp_path, capsys):
+    path = recipe(tmp_path, MODEL + SOURCES)
+    msg = dry_run_error(capsys, path, "model.init=pretrained")
+    assert "command-line override 'model.init=pretrained': model.init = 'pretrained' needs model.path" in msg
+    assert str(path) not in msg
+    msg = dry_run_error(capsys, path, "precision.fp8=true")
+    assert "command-line override 'precision.fp8=true': precision.fp8 = true: FP8 training is not" in msg
+    assert str(path) not in msg
+
+
+def test_data_source_and_stage_errors_blame_the_override_that_set_the_name(tmp_path, capsys):
+    two = SOURCES + '[[data.sources]]\nname = "b"\npath = "builtin:python-stdlib"\n'
+    path = recipe(tmp_path, MODEL + two + '[[data.stages]]\nstart_step = 10\nweights = {b = 2.0}\n')
+    msg = dry_run_error(capsys, path, "data.stages[0].weights.nosuch=1.0")
+    assert "command-line override 'data.stages[0].weights.nosuch=1.0': data.stages[0].weights.nosuch: no " \
+           "source is named 'nosuch'" in msg
+    msg = dry_run_error(capsys, path, "data.sources[1].name=python-stdlib")
+    assert "command-line override 'data.sources[1].name=python-stdlib': data.sources[1].name = " in msg
+
+
+def test_check_errors_set_in_the_recipe_still_blame_the_recipe(tmp_path, capsys):
+    path = recipe(tmp_path, MODEL + SOURCES + "[precision]\nfp8 = true\n")
+    msg = dry_run_error(capsys, path, "optim.lr=1e-4")
+    assert f"{path}: precision.fp8 = true" in msg and "override" not in msg
+    path = recipe(tmp_path, '[model]\npreset = "debug"\ninit = "random"\n' + SOURCES)
+    msg = dry_run_error(capsys, path, "model.preset=debug")
+    assert f"{path}: model.tokenizer is needed when model.path is unset" in msg
+
+
+# 8. valid but probably unmeant schedules are warned about when the config is loaded
+
+
+def test_wsd_warmup_running_into_the_decay_is_warned(caplog):
+    with caplog.at_level(logging.WARNING, logger="cptrain.config"):
+        load_config(None, [*BASE, "train.steps=100", "schedule.warmup_steps=90"])
+    assert ("schedule.warmup_steps = 90 overlaps the WSD decay: with train.steps = 100 the decay "
+            "(schedule.decay_fraction = 0.2) takes the last 20 steps, from step 80") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cptrain.config"):
+        load_config(None, [*BASE, "train.steps=100", "schedule.warmup_steps=60", "schedule.decay_steps=50"])
+    assert "schedule.warmup_steps = 60 overlaps the WSD decay" in caplog.text
+    assert "the decay (schedule.decay_steps = 50) takes the last 50 steps, from step 50" in caplog.text
+
+
+@pytest.mark.parametrize("overrides", [
+    ["schedule.warmup_steps=80"],  # warmup ends where the decay starts: no stable phase, but no overlap
+    ["schedule.warmup_steps=90", "schedule.decay_fraction=0"],  # no decay to run into
+    ["schedule.warmup_steps=90", "schedule.name=cosine"],
+])
+def test_schedules_without_an_overlap_are_not_warned(overrides, caplog):
+    with caplog.at_level(logging.WARNING, logger="cptrain.config"):
+        load_config(None, [*BASE, "train.steps=100", *overrides])
+    assert "overlaps" not in caplog.text
+
+
+def test_only_the_first_rank_warns(monkeypatch, caplog):
+    monkeypatch.setenv("RANK", "3")  # every rank of a launch loads the config; one warning is enough
+    with caplog.at_level(logging.WARNING, logger="cptrain.config"):
+        load_config(None, [*BASE, "train.steps=100", "schedule.warmup_steps=90"])
+    assert "overlaps" not in caplog.text
+
+
+def test_dry_run_shows_the_schedule_warning_on_stderr():
+    argv = ["run", "recipes/tiny-cpu.toml", "schedule.warmup_steps=7", "--dry-run"]
+    run = subprocess.run([sys.executable, "-m", "cptrain.cli", *argv], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0 and "warmup_steps = 7" in run.stdout
+    assert "schedule.warmup_steps = 7 overlaps the WSD decay: with train.steps = 8" in run.stderr

@@ -6,6 +6,8 @@ seconds, not a queued job.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -24,6 +26,8 @@ from cptrain.configtools import (
 from cptrain.data.config import DataConfig
 
 __all__ = ["Config", "ConfigError", "load_config"]
+
+log = logging.getLogger("cptrain.config")
 
 
 @dataclass
@@ -57,7 +61,8 @@ class ModelConfig:
                     f"one of {', '.join(sorted(PRESETS))}")
         if self.init == "pretrained" and self.path is None:
             raise ConfigError(f"{prefix}.init = 'pretrained' needs {prefix}.path; "
-                              f"use {prefix}.init = 'random' to train a preset from scratch")
+                              f"use {prefix}.init = 'random' to train a preset from scratch",
+                              f"{prefix}.init")
         require(self.long_doc_min_tokens >= 0, f"{prefix}.long_doc_min_tokens", self.long_doc_min_tokens,
                 ">= 0 (0: no hybrid attention under attention = 'auto')")
         tiles = str(self.tiled_mlp)
@@ -66,8 +71,9 @@ class ModelConfig:
         self.tiled_mlp = tiles  # one type downstream (models/build.py, ops/tiled_mlp.py)
         self._check_overrides(prefix)
         if self.tokenizer is None and self.path is None:
-            raise ConfigError(f"{prefix}.tokenizer is needed when {prefix}.path is unset "
-                              "(an HF directory, .gguf file or builtin:smollm2-135m to take the tokenizer from)")
+            raise ConfigError(f"{prefix}.tokenizer is needed when {prefix}.path is unset (an HF directory, "
+                              ".gguf file or builtin:smollm2-135m to take the tokenizer from)",
+                              f"{prefix}.tokenizer")
 
     def _check_overrides(self, prefix: str) -> None:
         """Names and types of `overrides` against ModelArgs now, not after the run folder is written; the
@@ -144,6 +150,27 @@ class ScheduleConfig:
                 ">= 0")
         require(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
 
+    def wsd_decay_steps(self, total_steps: int) -> int:
+        """Length of the WSD decay in a run of `total_steps` (here, not in schedule.py, so that config
+        checks can use it without importing torch)."""
+        if self.decay_steps is not None:
+            return min(self.decay_steps, total_steps)
+        return int(round(self.decay_fraction * total_steps))
+
+    def overlap_warning(self, total_steps: int) -> str | None:
+        """Why a WSD warmup that runs into the decay is likely a mistake, or None. The warmup wins while it
+        lasts (schedule.lr_multiplier), so the LR peaks and then drops into the middle of the decay with no
+        stable phase: legal, but rarely meant (e.g. a warmup sized for a longer run than train.steps)."""
+        n_decay = self.wsd_decay_steps(total_steps)
+        if self.name != "wsd" or n_decay == 0 or self.warmup_steps + n_decay <= total_steps:
+            return None
+        given = (f"schedule.decay_steps = {self.decay_steps}" if self.decay_steps is not None
+                 else f"schedule.decay_fraction = {self.decay_fraction:g}")
+        return (f"schedule.warmup_steps = {self.warmup_steps} overlaps the WSD decay: with train.steps = "
+                f"{total_steps} the decay ({given}) takes the last {n_decay} steps, from step "
+                f"{total_steps - n_decay}, so the learning rate drops from the warmup's peak into the middle "
+                "of the decay with no stable phase; keep warmup_steps + decay steps <= train.steps")
+
 
 @dataclass
 class PrecisionConfig:
@@ -159,7 +186,7 @@ class PrecisionConfig:
     def validate(self, prefix: str) -> None:
         if self.fp8:
             raise ConfigError(f"{prefix}.fp8 = true: FP8 training is not implemented in this version; "
-                              "remove the key (bf16 is used on GPUs)")
+                              "remove the key (bf16 is used on GPUs)", f"{prefix}.fp8")
 
 
 @dataclass
@@ -235,7 +262,8 @@ class TrainConfig:
         total = self.global_batch_size or per_step
         if total % per_step:
             raise ConfigError(f"train.global_batch_size = {total} must be a multiple of micro_batch_size x "
-                              f"data-parallel ranks = {self.micro_batch_size} x {ranks}")
+                              f"data-parallel ranks = {self.micro_batch_size} x {ranks}",
+                              "train.global_batch_size")
         return total // per_step
 
 
@@ -264,7 +292,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     `need_data` (default: when a recipe is read) requires data.sources: a recipe is there to be run, while a
     config built from overrides alone (tests, benchmarks) may feed the Trainer batches of its own."""
     raw = load_toml(path) if path is not None else {}
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, Config)
     try:
         _require_keys(raw, "the recipe" if path is not None else "the config",
                       path is not None if need_data is None else need_data)
@@ -275,7 +303,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         override = override_for(e.key, overrides)
         where = f"command-line override {override!r}: " if override else f"{path}: " if path else ""
         raise ConfigError(f"{where}{e}", e.key) from None
+    _warn_about(cfg)
     return cfg
+
+
+def _warn_about(cfg: Config) -> None:
+    """Settings that are valid but probably not meant. Every rank of a launch loads the config: only rank 0
+    (RANK or SLURM_PROCID, read as parallel/dims.py does) logs them."""
+    if (os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0") != "0":
+        return
+    message = cfg.schedule.overlap_warning(cfg.train.steps)
+    if message:
+        log.warning(message)
 
 
 def _require_keys(raw: dict, where: str, need_data: bool) -> None:

@@ -7,6 +7,7 @@ config file in cptrain reports unknown keys, wrong types and bad values the same
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import re
 import types
@@ -95,9 +96,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})", key)
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})"
+                              + _quote_hint(value), key)
         return value
     return value
+
+
+def _quote_hint(value: Any) -> str:
+    """TOML reads an unquoted 04:00:00 or 2024-01-01 as a time or date; in a file only quotes make it text."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return f'; TOML reads it unquoted as a {type(value).__name__}: write it in quotes, e.g. "{value}"'
+    return ""
 
 
 def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
@@ -136,29 +145,65 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (['a','b','c'], value); the value is read as TOML when it parses, else a string."""
+_INDEXED = re.compile(r"^([A-Za-z_][\w-]*)\[(\d+)\]$")
+
+
+def parse_override(text: str, schema: type | None = None) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value); the value is read as TOML when it parses, else a string.
+
+    With `schema` (the dataclass the overrides apply to), a key annotated as text (str, str | None, Path)
+    keeps the text as typed whenever TOML reads it as a number, boolean, date or time: on a command line
+    `slurm.time=12:00:00` means the string "12:00:00", not a TOML local time that then fails the str check.
+    """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
+    path = key.split(".")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw
-    return key.split("."), value
+        return path, raw
+    if schema is not None and _is_scalar(value) and _is_text(annotation_at(schema, path)):
+        return path, raw
+    return path, value
 
 
-_INDEXED = re.compile(r"^([A-Za-z_][\w-]*)\[(\d+)\]$")
+def _is_scalar(value: Any) -> bool:
+    """A TOML value that is not a string, list or table (those keep their type and its error message)."""
+    return isinstance(value, (bool, int, float, datetime.date, datetime.time))
 
 
-def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
+def _is_text(tp: Any) -> bool:
+    """str or Path, optionally `| None`; a union with other types (`str | int`) keeps the TOML type."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    kinds = [a for a in args if a is not type(None)]
+    return len(kinds) == 1 and kinds[0] in (str, Path)
+
+
+def annotation_at(cls: type, path: typing.Sequence[str]) -> Any:
+    """The annotation of the key at `path` (parts as in overrides, `name[i]` included) inside dataclass
+    `cls`; None where the path leaves the dataclasses (an unknown key, a free-form table)."""
+    tp: Any = cls
+    for part in path:
+        m = _INDEXED.match(part)
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(m.group(1) if m else part)
+        if m:
+            args = typing.get_args(tp)
+            tp = args[0] if typing.get_origin(tp) in (list, tuple) and args else None
+    return tp
+
+
+def apply_overrides(raw: dict, overrides: typing.Sequence[str], schema: type | None = None) -> dict:
     """Set each `key.sub=value` in `raw`; `name[i]` addresses entry i of a list of tables, e.g.
-    `data.sources[1].weight=2` (the form error messages use for list entries)."""
+    `data.sources[1].weight=2` (the form error messages use for list entries). `schema`, the dataclass
+    `raw` will be read into, lets text keys keep their value as typed (see `parse_override`)."""
     for text in overrides:
-        path, value = parse_override(text)
+        path, value = parse_override(text, schema)
         node, where = raw, []
         for i, part in enumerate(path):
             last = i == len(path) - 1

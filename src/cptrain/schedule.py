@@ -13,12 +13,6 @@ import torch
 from cptrain.config import ScheduleConfig
 
 
-def decay_steps(cfg: ScheduleConfig, total_steps: int) -> int:
-    if cfg.decay_steps is not None:
-        return min(cfg.decay_steps, total_steps)
-    return int(round(cfg.decay_fraction * total_steps))
-
-
 def _decay_shape(progress: float, shape: str) -> float:
     """Multiplier going from 1 at progress 0 to 0 at progress 1."""
     if shape == "linear":
@@ -42,7 +36,7 @@ def lr_multiplier(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         return floor + (1 - floor) * _decay_shape(progress, "cosine")
     # wsd: warmup, stable at peak, then decay over the last `decay_steps` steps down to min_lr_ratio
-    n_decay = decay_steps(cfg, total_steps)
+    n_decay = cfg.wsd_decay_steps(total_steps)
     decay_start = total_steps - n_decay
     if step < decay_start or n_decay == 0:
         return 1.0

@@ -97,7 +97,8 @@ class DataConfig:
             if name in names[:i]:
                 raise ConfigError(
                     f"{prefix}.sources[{i}].name = {name!r} is used twice; give each source "
-                    f"a unique name (set {prefix}.sources[{i}].name)"
+                    f"a unique name (set {prefix}.sources[{i}].name)",
+                    f"{prefix}.sources[{i}].name",
                 )
         if self.sources:
             _check_weights([s.weight for s in self.sources], f"{prefix}.sources[*].weight")
@@ -115,7 +116,8 @@ class DataConfig:
                 if name not in names:
                     raise ConfigError(
                         f"{key}.weights.{name}: no source is named {name!r}"
-                        f"{closest(name, names)} (sources: {', '.join(names)})"
+                        f"{closest(name, names)} (sources: {', '.join(names)})",
+                        f"{key}.weights.{name}",
                     )
             _check_weights(self.stage_weights(i + 1), f"{key}.weights")
 

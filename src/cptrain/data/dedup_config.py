@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cptrain.configtools import ConfigError, apply_overrides, from_dict, load_toml, require
+from cptrain.configtools import ConfigError, apply_overrides, from_dict, load_toml, override_for, require
 from cptrain.data.dedup_lsh import DEFAULT_BANDS, DEFAULT_ROWS, choose_bands_rows
 
 
@@ -75,7 +75,8 @@ class MinhashConfig:
         if (self.bands is None) != (self.rows is None):
             raise ConfigError(
                 f"{prefix}.bands and {prefix}.rows go together: set both or neither "
-                f"(got bands={self.bands!r}, rows={self.rows!r})"
+                f"(got bands={self.bands!r}, rows={self.rows!r})",
+                f"{prefix}.bands" if self.bands is not None else f"{prefix}.rows",  # the one that was set
             )
         if self.bands is not None:
             require(
@@ -196,11 +197,16 @@ class DedupConfig:
 
 
 def load_dedup_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> DedupConfig:
-    """Read the TOML file (optional), apply `section.key=value` overrides, validate; errors name the key."""
+    """Read the TOML file (optional), apply `section.key=value` overrides, validate; errors name the key
+    and whether the file or a command-line flag (an override here) set it."""
     raw = load_toml(path) if path is not None else {}
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, DedupConfig)
     try:
         return from_dict(DedupConfig, raw)
     except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{e}") from None
+        override = override_for(e.key, overrides)
+        if override is not None:
+            where = f"command-line flag --{override.split('=', 1)[0].strip()}: "
+        else:
+            where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{e}", e.key) from None

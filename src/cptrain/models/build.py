@@ -59,10 +59,10 @@ def check_attention(cfg: ModelConfig, args: ModelArgs, device: torch.device) -> 
     if not flash_available(device):
         raise ConfigError("model.attention = 'varlen' on a GPU needs flash-attn-4 on a Hopper or Blackwell GPU "
                           "(pip install -e '.[flash]'; CPTRAIN_FLASH4=0 also turns it off); use 'auto' to fall "
-                          "back to FlexAttention / cuDNN")
+                          "back to FlexAttention / cuDNN", "model.attention")
     if not flash_head_dim_ok(args.head_size):
         raise ConfigError(f"model.attention = 'varlen': head size {args.head_size} is not one FlashAttention 4 "
-                          "takes (a multiple of 8 up to 128); use 'auto'")
+                          "takes (a multiple of 8 up to 128); use 'auto'", "model.attention")
 
 
 def build_model(cfg: ModelConfig, precision: PrecisionConfig, mesh, device: torch.device, *, seq_len: int,
