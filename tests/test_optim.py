@@ -7,7 +7,7 @@ from cptrain.config import OptimConfig
 from cptrain.configtools import ConfigError
 from cptrain.models.decoder import Decoder
 from cptrain.models.presets import get_preset
-from cptrain.optim import apply_freeze, build_optimizer, param_groups
+from cptrain.optim import adamw_kernel, apply_freeze, build_optimizer, param_groups
 
 
 def model(**shape):
@@ -61,3 +61,33 @@ def test_triton_kernel_is_refused_on_cpu_and_auto_picks_torch(monkeypatch):
         build_optimizer(model(), OptimConfig(fused="triton"), "cpu")
     opt = build_optimizer(model(), OptimConfig(), "cpu")
     assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["foreach"]
+
+
+def test_a_freeze_pattern_for_a_tied_lm_head_names_the_shared_weight():
+    m = model(tie_embeddings=True)
+    with pytest.raises(ConfigError, match=r"\['lm_head.\*'\] match no parameter.*'lm_head.\*': lm_head.weight is "
+                                          r"tied to embed_tokens.weight.*freeze it as 'embed_tokens.weight'"):
+        apply_freeze(m, ["lm_head.*"])
+    with pytest.raises(ConfigError, match="match no parameter") as untied:
+        apply_freeze(model(), ["lm_head.bias"])  # an untied model: nothing to say about tying
+    assert "tied" not in str(untied.value)
+    assert apply_freeze(model(tie_embeddings=True), ["embed_tokens.weight"]) == ["embed_tokens.weight"]
+
+
+def test_a_refused_freeze_leaves_every_parameter_trainable():
+    """One bad pattern among good ones: nothing is frozen (the patterns are checked before any is applied)."""
+    m = model()
+    with pytest.raises(ConfigError, match=r"\['encoder.\*'\] match no parameter"):
+        apply_freeze(m, ["layers.0.*", "encoder.*"])
+    assert all(p.requires_grad for p in m.parameters())
+    with pytest.raises(ConfigError, match="froze everything"):
+        apply_freeze(m, ["*"])
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_the_kernel_check_needs_no_model(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="optim.fused='triton' needs a CUDA device") as refused:
+        adamw_kernel("triton", "cpu")
+    assert refused.value.key == "optim.fused"
+    assert [adamw_kernel(k, "cpu") for k in ("auto", "on", "off")] == ["off", "on", "off"]

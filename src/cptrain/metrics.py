@@ -27,6 +27,33 @@ def peak_memory_gib(device: torch.device) -> float:
     return 0.0
 
 
+def check_loggers(tensorboard: bool, wandb_project: str | None) -> None:
+    """Import the optional loggers the config asks for: a missing package is a ConfigError naming its key. The
+    trainer calls it before it reads data or makes the run folder, so the error leaves no half-made folder."""
+    if tensorboard:
+        _summary_writer()
+    if wandb_project:
+        _wandb(wandb_project)
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("logging.tensorboard = true needs the tensorboard package: pip install "
+                          "tensorboard (or set logging.tensorboard = false)", "logging.tensorboard") from None
+    return SummaryWriter
+
+
+def _wandb(project: str):
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(f"logging.wandb_project = {project!r} needs the wandb package: "
+                          "pip install wandb (or remove logging.wandb_project)", "logging.wandb_project") from None
+    return wandb
+
+
 class MetricsLogger:
     """Rank 0 writes; other ranks construct it with `enabled=False` and every call is a no-op."""
 
@@ -36,25 +63,15 @@ class MetricsLogger:
         self.total_steps = total_steps
         self.start = time.perf_counter()
         self.start_step: int | None = None
-        self._jsonl = (run_dir / "metrics.jsonl").open("a") if enabled else None
         self._tb = self._wandb = None
+        if enabled:  # the packages first: a missing one leaves the run folder as it was
+            check_loggers(tensorboard, wandb_project)
+        self._jsonl = (run_dir / "metrics.jsonl").open("a") if enabled else None
         if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("logging.tensorboard = true needs the tensorboard package: pip install "
-                                  "tensorboard (or set logging.tensorboard = false)",
-                                  "logging.tensorboard") from None
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb = _summary_writer()(str(run_dir / "tensorboard"))
         if enabled and wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise ConfigError(f"logging.wandb_project = {wandb_project!r} needs the wandb package: "
-                                  "pip install wandb (or remove logging.wandb_project)",
-                                  "logging.wandb_project") from None
             # the run's resolved config, so W&B can filter and compare runs by their settings
-            self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config or {})
+            self._wandb = _wandb(wandb_project).init(project=wandb_project, dir=str(run_dir), config=config or {})
 
     def log(self, step: int, values: dict) -> None:
         if not self.enabled:

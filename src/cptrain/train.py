@@ -17,7 +17,8 @@ from cptrain import checkpoint, launch
 from cptrain.config import Config
 from cptrain.configtools import to_dict
 from cptrain.looptools import Lookahead, StopFlag
-from cptrain.models.decoder import IGNORE_INDEX, varlen_max_bucket
+from cptrain.models.decoder import IGNORE_INDEX, Decoder, varlen_max_bucket
+from cptrain.models.presets import ModelArgs
 from cptrain.ops.adamw import TritonAdamW
 from cptrain.ops.attention import HYBRID_MIN_DOC_TOKENS, long_document_spans
 from cptrain.ops.grad_norm import GradNorm
@@ -226,6 +227,24 @@ def restore_schedule(trainer: Trainer, step: int) -> None:
         group["lr"] = base * lr_multiplier(step, trainer.cfg.schedule, trainer.cfg.train.steps)
 
 
+def check_settings(cfg: Config, args: ModelArgs, device: torch.device, is_main: bool) -> None:
+    """Settings the optimizer and the metrics logger would refuse only once built, checked before the data is
+    read and the run folder made: a typo costs seconds, not a tokenized corpus. The freeze patterns are matched
+    against a meta-device model of this shape (no memory, same parameter names)."""
+    from cptrain.metrics import check_loggers
+    from cptrain.models.hf import export_family
+    from cptrain.optim import adamw_kernel, check_freeze
+
+    adamw_kernel(cfg.optim.fused, device.type)
+    if cfg.train.export_hf:  # a shape no HF architecture expresses would otherwise fail at the end of the run
+        export_family(args)
+    if cfg.optim.freeze:
+        with torch.device("meta"):
+            check_freeze(Decoder(args), cfg.optim.freeze)
+    if is_main:  # the only rank that logs: the others never import the logger packages
+        check_loggers(cfg.logging.tensorboard, cfg.logging.wandb_project)
+
+
 def run(cfg: Config) -> dict:
     """Train as configured; works as a plain process, under torchrun and under srun."""
     from cptrain.parallel.dims import init_distributed, shutdown
@@ -259,6 +278,7 @@ def _run(cfg: Config, env) -> dict:
     tokenizer = load_tokenizer(cfg.model.tokenizer_source)
     args = model_args(cfg.model)
     launch.check_vocab(args, tokenizer)
+    check_settings(cfg, args, env.device, env.is_main)
     if resume_from is not None:
         folder.check_fits(resume_from, args)
     load_rank_state, data_note = launch.rank_state_plan(resume_from, cfg, env.world_size)
@@ -269,14 +289,15 @@ def _run(cfg: Config, env) -> dict:
     loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
                                 micro_batches_per_step=accum, first_step=first_step, **data_kw)
     eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
-    folder.create(fresh=resume_from is None)
-    log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
-                        cfg.logging.wandb_project, config=to_dict(cfg))
     torch.manual_seed(cfg.train.seed)  # here: whatever the data loaders drew, every rank builds the same init
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
                         micro_batch_size=cfg.train.micro_batch_size, fsdp=cfg.parallel.fsdp,
                         reshard_after_forward=cfg.parallel.reshard_after_forward)
     trainer = Trainer(cfg, model, env.device)
+    # the folder only now: whatever building the model and optimizer refuses leaves no half-made folder behind
+    folder.create(fresh=resume_from is None)
+    log = MetricsLogger(folder.path, cfg.train.steps, env.is_main, cfg.logging.tensorboard,
+                        cfg.logging.wandb_project, config=to_dict(cfg))
 
     if resume_from is not None:
         if data_note:
