@@ -35,7 +35,9 @@ MAX_NAMED_CHANGES = 5  # changed files named in a stale-shard message
 
 
 def cache_dir(cfg: DataConfig, name: str) -> Path:
-    return Path(cfg.cache_dir) / name
+    """`data.cache_dir/<source name>`. A name starting with '.' (a glob such as `corpus/*.jsonl*` is named
+    '.jsonl') gets a '_' in front so that its folder is not hidden; every other source keeps its folder."""
+    return Path(cfg.cache_dir) / (f"_{name}" if name.startswith(".") else name)
 
 
 def input_stats(src: ResolvedSource) -> dict[str, list[int] | None]:
