@@ -1,7 +1,8 @@
 """`cptrain dedup [CONFIG.toml] [--section.key value ...]`: deduplicate and filter text with datatrove.
 
 Flags are the TOML keys (`--minhash.bands 20` is `[minhash] bands = 20`); values are read as TOML
-when they parse (numbers, true/false, ["a", "b"]) and as strings otherwise. A list key given as a
+when they parse (numbers, true/false, ["a", "b"]) and as strings otherwise; a text key keeps the text
+as typed (`--slurm.time 12:00:00` is "12:00:00", not a TOML time). A list key given as a
 flag several times collects the values. See docs/dedup.md for the stages, outputs and defaults.
 """
 
