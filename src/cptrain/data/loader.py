@@ -9,6 +9,8 @@ g % num_workers); each batch travels with its worker's state right after making 
 A loader that starts without a restored position (a fresh run, a run resumed without its data state,
 or a stream started over because the saved one no longer fits) starts at optimizer step `first_step`,
 and the state remembers it: `data.stages` follow the run's steps, not the stream's own batch count.
+A run resumed with another accumulation (train.global_batch_size) continues the stream and counts steps
+from the resumed position (`step_base`), so the stages still switch at their configured steps.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cptrain.data.report import data_report
 from cptrain.data.sources import DataError
 
 STATE_VERSION = 1
+TRAIN_KEYS = ("seq_len", "micro_batch_size")  # parts of the data fingerprint that [train] sets
 
 
 class TrainLoader:
@@ -44,6 +47,8 @@ class TrainLoader:
         inside workers); `micro_batches_per_step` turns this rank's batch count into optimizer steps."""
         self.cfg, self.make_pipeline = cfg, make_pipeline
         self.micro_batches_per_step, self.first_step = micro_batches_per_step, first_step
+        # (micro-batch of this loader, the optimizer step it begins): where the step count starts
+        self.step_base = (0, first_step)
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.num_workers = cfg.num_workers
         self.parts, self.fingerprint = parts, fingerprint
@@ -79,6 +84,7 @@ class TrainLoader:
             max(1, self.num_workers),
             state,
             self.first_step,
+            self.step_base,
         )
 
     def _worker_loader(self) -> torch.utils.data.DataLoader:
@@ -93,6 +99,7 @@ class TrainLoader:
             first,
             list(self.shard_states),
             self.first_step,
+            self.step_base,
         )
         return torch.utils.data.DataLoader(
             dataset,
@@ -118,6 +125,7 @@ class TrainLoader:
             "batches": self.batches,
             "first_step": self.first_step,
             "micro_batches_per_step": self.micro_batches_per_step,
+            "step_base": list(self.step_base),
             "shards": states,
         }
 
@@ -127,13 +135,31 @@ class TrainLoader:
         With data.on_resume_mismatch=restart a state that does not fit starts the stream over, at the
         optimizer step the saved position had reached (so the stages stay on the run's steps)."""
         if self.cfg.on_resume_mismatch == "restart" and self._mismatch(state):
-            self._reset(0, [None] * max(1, self.num_workers), self._step_of(state))
+            step = self._step_of(state)
+            self._reset(0, [None] * max(1, self.num_workers), step, (0, step))
             return
         problem = self._mismatch(state)
         if problem:
             raise DataError(problem)
         # states saved before first_step existed come from loaders that all started at step 0
-        self._reset(int(state["batches"]), list(state["shards"]), int(state.get("first_step", 0)))
+        first_step = int(state.get("first_step", 0))
+        self._reset(int(state["batches"]), list(state["shards"]), first_step, self._step_base(state))
+
+    def _step_base(self, state: dict) -> tuple[int, int]:
+        """Where to count optimizer steps from after a resume: as saved, or, if the accumulation changed
+        since (another train.global_batch_size on the same ranks), from the saved position at its step.
+
+        The stream goes on rather than being refused: each rank's rows do not depend on how many of
+        them make a step (the fingerprint holds micro_batch_size and seq_len), so it continues exactly;
+        only the count of steps must start over at the resumed step, or every `data.stages` switch would
+        land where the saved micro-batch count divided by the new accumulation says. A position is saved
+        between steps, so the next micro-batch is the first of that step."""
+        first = int(state.get("first_step", 0))
+        base_batch, base_step = (int(x) for x in state.get("step_base", (0, first)))
+        saved = state.get("micro_batches_per_step")
+        if saved is None or int(saved) == self.micro_batches_per_step:  # older states do not say: as before
+            return base_batch, base_step
+        return int(state["batches"]), self._step_of(state)
 
     def _step_of(self, state: dict) -> int:
         """The optimizer step of the next batch after `state`'s position; `first_step` if it does not say.
@@ -142,19 +168,21 @@ class TrainLoader:
         accumulation may have changed since); the caller's `first_step` is then the run's step."""
         if "first_step" not in state or "micro_batches_per_step" not in state:
             return self.first_step
-        return int(state["first_step"]) + int(state["batches"]) // max(1, int(state["micro_batches_per_step"]))
+        base_batch, base_step = (int(x) for x in state.get("step_base", (0, state["first_step"])))
+        taken = int(state["batches"]) - base_batch  # micro-batches since the base, at the saved accumulation
+        return base_step + taken // max(1, int(state["micro_batches_per_step"]))
 
     def _mismatch(self, state: dict) -> str | None:
         from cptrain.data.checks import describe_changes
 
         how = (
             "To start the data stream over with the new settings instead (documents already seen may "
-            "repeat), set data.on_resume_mismatch=restart."
+            "repeat), set data.on_resume_mismatch=restart (or checkpoint.load_data_state=false)."
         )
         if state.get("version") != STATE_VERSION:
             return f"data loader state version {state.get('version')} is not {STATE_VERSION}. {how}"
         if state["fingerprint"] != self.fingerprint:
-            changes = describe_changes(state["fingerprint_parts"], self.parts)
+            changes = [_recipe_key(c) for c in describe_changes(state["fingerprint_parts"], self.parts)]
             return (
                 f"the data changed since this checkpoint was saved: {'; '.join(changes) or 'fingerprint'}. "
                 f"Resume with the original data settings to continue the same token stream. {how}"
@@ -173,9 +201,10 @@ class TrainLoader:
             )
         return None
 
-    def _reset(self, batches: int, shard_states: list, first_step: int) -> None:
+    def _reset(self, batches: int, shard_states: list, first_step: int, step_base: tuple[int, int]) -> None:
         self.close()
         self.batches, self.shard_states, self.first_step = batches, shard_states, first_step
+        self.step_base = step_base
         self._pipeline = None
 
     def close(self) -> None:
@@ -198,6 +227,11 @@ def _keep(x):
     return x
 
 
+def _recipe_key(change: str) -> str:
+    """A fingerprint change as the recipe key that makes it: `micro_batch_size: 2 -> 1` is train's."""
+    return f"train.{change}" if change.split(":")[0] in TRAIN_KEYS else change
+
+
 def build_shard(
     make_pipeline,
     dp_rank: int,
@@ -206,8 +240,10 @@ def build_shard(
     workers: int,
     state: dict | None,
     first_step: int,
+    step_base: tuple[int, int],
 ) -> ShardPipeline:
     pipeline = make_pipeline(dp_rank * workers + worker, dp_size * workers, worker, workers, first_step)
+    pipeline.count_steps_from(*step_base)
     if state is not None:
         pipeline.load_state_dict(state)
     return pipeline
@@ -228,6 +264,7 @@ class _ShardDataset(torch.utils.data.IterableDataset):
         first: int,
         states: list,
         first_step: int,
+        step_base: tuple[int, int],
     ):
         self.make_pipeline, self.dp_rank, self.dp_size, self.workers = (
             make_pipeline,
@@ -235,7 +272,7 @@ class _ShardDataset(torch.utils.data.IterableDataset):
             dp_size,
             workers,
         )
-        self.first, self.states, self.first_step = first, states, first_step
+        self.first, self.states, self.first_step, self.step_base = first, states, first_step, step_base
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -249,6 +286,7 @@ class _ShardDataset(torch.utils.data.IterableDataset):
             self.workers,
             self.states[worker],
             self.first_step,
+            self.step_base,
         )
         while True:
             arrays = pipeline.next_arrays()

@@ -4,6 +4,7 @@ A shard is one (data-parallel rank, loader worker) pair. Its micro-batches are t
 `offset, offset + stride, ...` (stride = loader workers) counted from the loader's start, which is at
 optimizer step `first_step` (0 unless the stream was started over in the middle of a run). That is how
 it knows the optimizer step, and so the mixture stage, of every batch it makes without talking to anyone.
+A run resumed with another accumulation counts its steps from the resumed position (`count_steps_from`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ShardPipeline:
         self.seq_len, self.micro_batch_size = seq_len, micro_batch_size
         self.batch_offset, self.batch_stride = batch_offset, batch_stride
         self.micro_batches_per_step, self.first_step = micro_batches_per_step, first_step
+        self.step_base = (0, first_step)  # (loader micro-batch, the optimizer step it begins)
         n_stages = 1 + len(cfg.stages)
         self.mixture = Mixture(
             [cfg.stage_weights(i) for i in range(n_stages)], [0] + [s.start_step for s in cfg.stages]
@@ -57,10 +59,19 @@ class ShardPipeline:
         self.current = [s, list(doc.before)]
         return doc.tokens
 
+    def count_steps_from(self, micro_batch: int, step: int) -> None:
+        """Count optimizer steps from the loader's micro-batch `micro_batch`, the first of step `step`.
+
+        A run resumed with another accumulation (train.global_batch_size) goes on with the same rows, but
+        its steps take another number of them: counting from the loader's start with the new accumulation
+        would move every later stage switch (earlier for a smaller batch, later for a larger one)."""
+        self.step_base = (micro_batch, step)
+
     def step_of_next_batch(self) -> int:
-        """The optimizer step of the next batch: the loader's first step plus the steps taken since."""
+        """The optimizer step of the next batch: the base step plus the steps taken since the base."""
         micro_batch = self.batch_offset + self.batches * self.batch_stride  # since the loader started
-        return self.first_step + micro_batch // self.micro_batches_per_step
+        base_batch, base_step = self.step_base
+        return base_step + (micro_batch - base_batch) // self.micro_batches_per_step
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         return as_tensors(self.next_arrays())
