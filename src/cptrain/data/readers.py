@@ -12,7 +12,7 @@ import contextlib
 import gzip
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ class Row:
     data: Any = None  # bytes (jsonl, txt) or the text column's value (parquet, datasets)
     problem: str | None = None  # a file-level problem: truncated_file, empty_file, read_error
     end: int = -1  # byte offset just after the row (uncompressed jsonl), where the next row starts
+    file: str = ""  # datasets: the data file the row is in, when read file by file (`line` counts in it)
 
 
 def file_format(path: str, fmt: str) -> str:
@@ -260,10 +261,33 @@ def dataset_rows(
 ) -> Iterator[Row]:
     """Rows of anything `datasets.load_dataset` reads (local builders, or hub names when online).
 
-    A row `datasets` cannot parse is a ConfigError naming `source`, the file and the parser's message,
-    not a skipped row: its builders parse many rows at once (the json builder a whole block of a file
-    with pyarrow), so the bad row cannot be told apart from its neighbours, and the stream cannot go on
-    past it. `local_files` (the source's data files) name the file when `datasets` does not say."""
+    Local data files are read one at a time, in the order `datasets` gives them, with the row numbers of
+    the source as one stream (document names stay `path:row`): read together, `datasets` casts every
+    file to the first one's columns, so a file whose rows lack the text column (another exporter's name
+    for it) failed the whole source instead of being skipped row by row; and each skipped row is counted
+    under its own file. A row `datasets` cannot parse is still a ConfigError naming `source`, the file
+    and the parser's message, not a skipped row: its builders parse many rows at once (the json builder a
+    whole block of a file with pyarrow), so the bad row cannot be told apart from its neighbours.
+    `local_files` (the source's data files) name the files as the recipe does."""
+    datasets = _datasets_module(path)
+    where = f"source {source!r} (format 'datasets', path {path!r})" if source else f"source {path!r}"
+    files = _split_files(datasets, path, config_name, split, data_files)
+    if files is None:
+        kwargs = {"data_files": data_files} if data_files else {}
+        ds = _load(datasets, where, local_files, path, config_name, split, streaming, kwargs)
+        yield from _dataset_stream(ds, column, where, local_files, 0, start_row)
+        return
+    first = 0  # source row of the current file's first row
+    for file in files:
+        name = _file_name(file, local_files)
+        label = [name if len(files) == 1 else f"{name} (one of its {len(files)} data files)"]
+        ds = _load(
+            datasets, where, label, path, config_name, split, streaming, {"data_files": {split: [file]}}
+        )
+        first += yield from _dataset_stream(ds, column, where, label, first, max(0, start_row - first), name)
+
+
+def _datasets_module(path: str):
     try:
         import datasets
     except ImportError:
@@ -271,10 +295,34 @@ def dataset_rows(
             f"source {path!r} with format 'datasets' needs the datasets package: "
             "pip install 'cptrain[data]' (or pip install datasets)"
         ) from None
+    return datasets
+
+
+def _split_files(
+    datasets, path: str, config_name: str | None, split: str, data_files: list[str]
+) -> list[str] | None:
+    """The local files `datasets` reads for `split`, in its order; None where the source is one stream
+    (a dataset on the Hub or at a URL, a split expression such as 'train[:10%]', a loading script)."""
     kwargs = {"data_files": data_files} if data_files else {}
-    where = f"source {source!r} (format 'datasets', path {path!r})" if source else f"source {path!r}"
     try:
-        ds = datasets.load_dataset(path, config_name, split=split, streaming=streaming, **kwargs)
+        builder = datasets.load_dataset_builder(path, config_name, **kwargs)
+    except Exception:  # noqa: BLE001 - reading it as one stream reports what is wrong
+        return None
+    files = (getattr(builder.config, "data_files", None) or {}).get(split)
+    if not files or any("://" in str(f) for f in files):
+        return None
+    return [str(f) for f in files]
+
+
+def _file_name(file: str, local_files: list[str] | None) -> str:
+    """`file` as the recipe named it (its entry in the source's local files), for the report."""
+    resolved = Path(file).resolve()
+    return next((f for f in local_files or [] if Path(f).resolve() == resolved), file)
+
+
+def _load(datasets, where: str, local_files: list[str] | None, path, config_name, split, streaming, kwargs):
+    try:
+        return datasets.load_dataset(path, config_name, split=split, streaming=streaming, **kwargs)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot open this source"
         file = _failed_file(e, local_files)
         if file is None:
@@ -283,19 +331,30 @@ def dataset_rows(
                 "Check the source's path, split, data_files and dataset_config"
             ) from None
         raise ConfigError(_unreadable(where, file, e, 0)) from None
-    if start_row:
-        ds = ds.skip(start_row) if streaming else ds.select(range(start_row, len(ds)))
-    row = start_row
+
+
+def _dataset_stream(
+    ds, column: str, where: str, local_files, first: int, skip: int, file: str = ""
+) -> Generator[Row, None, int]:
+    """Rows of one loaded dataset from its row `skip` on, numbered from `first` (the source row of its
+    first row); returns how many rows it has. A streamed one is read from its start even when skipping,
+    since the next file's row numbers need its length."""
+    index = 0
+    if isinstance(ds, Sized) and skip:  # an Arrow dataset: jump to the row
+        if skip >= len(ds):
+            return len(ds)
+        index, ds = skip, ds.select(range(skip, len(ds)))
     examples = iter(ds)
     while True:
         try:
             example = next(examples)
         except StopIteration:
-            return
+            return index
         except Exception as e:  # noqa: BLE001 - pyarrow / pandas / csv parse errors of a bad row or file
-            raise ConfigError(_unreadable(where, _failed_file(e, local_files), e, row)) from None
-        yield Row(row, row + 1, -1, example.get(column, MISSING))
-        row += 1
+            raise ConfigError(_unreadable(where, _failed_file(e, local_files), e, first + index)) from None
+        if index >= skip:
+            yield Row(first + index, index + 1, -1, example.get(column, MISSING), file=file)
+        index += 1
 
 
 def _unreadable(where: str, file: str | None, e: BaseException, rows: int) -> str:

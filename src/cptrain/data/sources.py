@@ -303,7 +303,8 @@ def iter_documents(
                     reason = reason.split(":")[0]
                     reasons[reason] = reasons.get(reason, 0) + 1
                     if epoch == 0:
-                        yield Item(before, after, rel or c.path, reason=reason, line=_bad_line(r, reason))
+                        where = r.file or rel or c.path  # a datasets source read file by file names its file
+                        yield Item(before, after, where, reason=reason, line=_bad_line(r, reason))
             pos, row, offset = pos + 1, 0, -1
         if not repeat:
             return
