@@ -90,8 +90,9 @@ class MetricsLogger:
         """One console line: step, loss, lr, tokens/s, memory, ETA."""
         if not self.enabled:
             return
-        if self.start_step is None:
-            self.start_step, self.start = step - 1, time.perf_counter()
+        if self.start_step is None:  # the clock starts where this launch's first reported step began
+            self.start_step = step - 1
+            self.start = time.perf_counter() - float(values.get("step_time_s", 0.0))
         done = step - self.start_step
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(done, 1) * (self.total_steps - step)
