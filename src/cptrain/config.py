@@ -17,6 +17,7 @@ import tomli_w
 from cptrain.configtools import (
     ConfigError,
     apply_overrides,
+    check_keys,
     from_dict,
     load_toml,
     override_for,
@@ -320,6 +321,11 @@ def _warn_about(cfg: Config) -> None:
 def _require_keys(raw: dict, where: str, need_data: bool) -> None:
     """Keys with no usable default, reported as missing rather than as the default's failure further on
     (an unset model.path used to surface as "model.path = 'None': no such file" once the run had started)."""
+    # a misspelt key first: `[modle]`, `pth = ...` or `[[data.source]]` is the cause of the missing one
+    check_keys(Config, raw)
+    for section, cls in (("model", ModelConfig), ("data", DataConfig)):
+        if isinstance(raw.get(section), dict):
+            check_keys(cls, raw[section], section)
     model = raw.get("model", {})
     if isinstance(model, dict) and "path" not in model and "preset" not in model:
         from cptrain.models.presets import PRESETS

@@ -109,17 +109,23 @@ def _quote_hint(value: Any) -> str:
     return ""
 
 
+def check_keys(cls: type, raw: dict, prefix: str = "") -> None:
+    """Reject a key of `raw` that is not a field of dataclass `cls`, suggesting the closest one."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in raw:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else key
+            near = closest(key, names).replace("'", f"'{prefix}." if prefix else "'", 1)
+            raise ConfigError(f"unknown key '{full}'{near} (valid keys here: {', '.join(names)})", full)
+
+
 def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from `raw`, rejecting unknown keys and checking types, then `validate()`."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    check_keys(cls, raw, prefix)
     kwargs = {}
     for key, value in raw.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            near = closest(key, names).replace("'", f"'{prefix}." if prefix else "'", 1)
-            raise ConfigError(f"unknown key '{full}'{near} (valid keys here: {', '.join(names)})", full)
-        kwargs[key] = _coerce(value, hints[key], full)
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
