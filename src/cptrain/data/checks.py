@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from itertools import islice
+from pathlib import Path
 
 from cptrain.configtools import closest
 from cptrain.data.config import DataConfig
@@ -23,11 +24,24 @@ def resolve_sources(cfg: DataConfig) -> list[ResolvedSource]:
         )
     resolved = []
     for i, source in enumerate(cfg.sources):
+        refuse_dedup_run_folder(source.path, f"data.sources[{i}].path")
         src = resolve_source(source, f"data.sources[{i}]")
         if source.format != "datasets":
             preflight(src, f"data.sources[{i}]")
         resolved.append(src)
     return resolved
+
+
+def refuse_dedup_run_folder(path: str, key: str) -> None:
+    """A `cptrain dedup` output.dir holds, besides the kept shards in data/, the removed documents, datatrove's
+    logs and the MinHash signatures: read as a folder it would train on all of them."""
+    root = Path(path)
+    if (root / "work" / "stages.json").is_file() and (root / "data").is_dir():
+        raise DataError(
+            f"{key} = {path!r} is a `cptrain dedup` run folder: besides the kept documents it holds the "
+            f"removed ones, logs and signatures; train on its shards: path = '{root / 'data'}'",
+            key,
+        )
 
 
 def preflight(src: ResolvedSource, key: str) -> None:

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite shards that are up to date")
     ns = parser.parse_args(argv)
 
+    from cptrain.data.checks import refuse_dedup_run_folder
     from cptrain.data.documents import skip_summary
     from cptrain.data.shards import cache_dir, inputs_fingerprint, read_meta, write_token_shard
     from cptrain.data.sources import resolve_source
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, hf_tokenizer = load_recipe_tokenizer(ns.recipe, ns.overrides)
     data = cfg.data
     tokenizer = ProgressTokenizer(hf_tokenizer, data.add_bos, data.eos_token)
+    for i, source in enumerate(data.sources):  # before any source is tokenized
+        refuse_dedup_run_folder(source.path, f"data.sources[{i}].path")
     for i, source in enumerate(data.sources):
         src = resolve_source(source, f"data.sources[{i}]")
         meta = read_meta(data, src.name)
