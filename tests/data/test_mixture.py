@@ -78,3 +78,23 @@ def test_stages_switch_the_mix_at_the_given_step_without_losing_documents(tmp_pa
     report = loader.report()
     assert report["stages"][1]["realized_shares"] == {"short": 0.0, "long": 1.0}
     assert 0.4 < report["stages"][0]["realized_shares"]["short"] < 0.6
+
+
+def test_a_stage_starts_with_its_largest_source():
+    """All lags are 0 when a run or a stage starts: the first document comes from the largest weight, not the
+    first-listed source (whose long document could otherwise fill a short stage meant for another)."""
+    from cptrain.data.mixture import Mixture
+
+    m = Mixture([[0.7, 0.3], [0.2, 0.8]], [0, 4])
+    assert m.choose() == 0
+    m.record(0, 5000)
+    m.set_step(4)
+    assert m.choose() == 1
+    assert Mixture([[0.01, 0.99]], [0]).choose() == 1
+    assert Mixture([[1.0, 1.0, 1.0]], [0]).choose() == 0  # equal weights: the order of the recipe
+    m = Mixture([[0.25, 0.75]], [0])
+    picks = []
+    for _ in range(8):  # equal-length documents: 1 in 4 from the first source, the larger one first
+        picks.append(m.choose())
+        m.record(picks[-1], 100)
+    assert picks == [1, 0, 1, 1, 1, 0, 1, 1]

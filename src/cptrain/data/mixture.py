@@ -42,15 +42,18 @@ class Mixture:
             self.taken = [0] * len(self.taken)
 
     def choose(self) -> int:
-        """Index of the source to read the next document from."""
+        """Index of the source to read the next document from. Equal lags (every one at 0 when a run or a
+        stage starts) go to the larger weight: with the first-listed source winning, a 0.2 source's long
+        first document could fill a short stage meant to be 80% another source."""
         weights = self._norm[self.stage]
         total = sum(self.taken)
+        tol = 1e-9 * max(1, total)
         best, best_lag = -1, 0.0
         for i, w in enumerate(weights):
             if w <= 0:
                 continue
             lag = w * total - self.taken[i]
-            if best < 0 or lag > best_lag + 1e-9 * max(1, total):
+            if best < 0 or lag > best_lag + tol or (lag > best_lag - tol and w > weights[best]):
                 best, best_lag = i, lag
         return best
 
