@@ -23,7 +23,14 @@ def _jsonl_bytes(texts, field="text") -> bytes:
 
 
 def _write(tmp_path, kind: str) -> dict:
-    """One source of kind `kind` holding TEXTS; returns its [[data.sources]] table."""
+    """One source of kind `kind` holding TEXTS; returns its [[data.sources]] table. `-bom`: each file starts
+    with a UTF-8 byte order mark, which is not part of the first document (nor a bad first jsonl line)."""
+    if kind.endswith("-bom"):
+        table = _write(tmp_path, kind.removesuffix("-bom"))
+        for f in tmp_path.rglob("*"):
+            if f.is_file() and not f.name.startswith("."):
+                f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+        return table
     if kind == "jsonl":
         (tmp_path / "a.jsonl").write_bytes(_jsonl_bytes(TEXTS[:20]))
         (tmp_path / "b.jsonl").write_bytes(_jsonl_bytes(TEXTS[20:]))
@@ -61,7 +68,8 @@ def _write(tmp_path, kind: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "kind", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt-separator", "txt-files", "datasets"]
+    "kind", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt-separator", "txt-files", "datasets", "jsonl-bom",
+             "txt-separator-bom", "txt-files-bom"]
 )
 def test_format_yields_its_documents_and_resumes(tmp_path, kind, smollm_tokenizer, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -73,7 +81,7 @@ def test_format_yields_its_documents_and_resumes(tmp_path, kind, smollm_tokenize
     later = [next(loader) for _ in range(12)]
     docs = split_documents(input_stream(batches + later), smollm_tokenizer.eos_token_id)
     assert set(docs) == {encode_doc(smollm_tokenizer, t) for t in TEXTS}  # all, and nothing else
-    assert loader.report()["skipped_total"] == (1 if kind == "txt-separator" else 0)  # the empty last piece
+    assert loader.report()["skipped_total"] == (1 if kind.startswith("txt-separator") else 0)  # the empty last piece
     resumed = build_train_loader(cfg, smollm_tokenizer, **kw)
     resumed.load_state_dict(state)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(later, [next(resumed) for _ in range(12)]) for k in a)

@@ -33,6 +33,11 @@ class Row:
     file: str = ""  # datasets: the data file the row is in, when read file by file (`line` counts in it)
 
 
+# a UTF-8 byte order mark (Windows editors and some exporters write one): not part of the text, and
+# json.loads refuses a line that starts with it
+BOM = "\ufeff"
+
+
 def file_format(path: str, fmt: str) -> str:
     """The reader for `path`: the source's format, or one chosen by extension when it is `auto`."""
     if fmt != "auto":
@@ -84,7 +89,7 @@ def _txt_rows(path: Path, separator: str, start_row: int) -> Iterator[Row]:
             yield Row(0, 1, -1, data)
         return
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as e:
         if start_row == 0:  # the whole file is one bad row: pieces cannot be trusted
             yield Row(0, data.count(b"\n", 0, e.start) + 1, -1, data)
@@ -221,7 +226,7 @@ def row_text(data: Any, fmt: str, text_field: str) -> tuple[str | None, str | No
         if not data.strip():
             return None, "blank_line"
         try:
-            line = data.decode("utf-8")
+            line = data.decode("utf-8").removeprefix(BOM)  # a BOM starts the first line of some exports
         except UnicodeDecodeError:
             return None, "invalid_utf8"
         try:
@@ -233,7 +238,7 @@ def row_text(data: Any, fmt: str, text_field: str) -> tuple[str | None, str | No
         data = obj.get(text_field, MISSING)
     elif fmt == "txt" and isinstance(data, bytes):
         try:
-            data = data.decode("utf-8")
+            data = data.decode("utf-8").removeprefix(BOM)
         except UnicodeDecodeError:
             return None, "invalid_utf8"
     if data is MISSING:
