@@ -314,6 +314,10 @@ def _run(cfg: Config, env) -> dict:
     if cfg.schedule.warmup_steps > cfg.train.steps:
         log.info(f"warning: schedule.warmup_steps = {cfg.schedule.warmup_steps} is more than train.steps = "
                  f"{cfg.train.steps}: the learning rate never reaches optim.lr = {cfg.optim.lr:g}")
+    if cfg.train.seq_len > args.max_seq_len:
+        log.info(f"warning: train.seq_len = {cfg.train.seq_len} is longer than the model's {args.max_seq_len} "
+                 "positions (max_position_embeddings): this run extends its context with RoPE as it is unless "
+                 "model.overrides sets rope_theta or rope_scaling")
     if not eval_batches:
         log.info("no held-out data (data.eval_fraction = 0 or too few documents): held-out loss not measured")
 
@@ -326,7 +330,7 @@ def _run(cfg: Config, env) -> dict:
         log.info(f"[eval {tag}] held-out loss {result['loss']:.4f} (ppl {result['perplexity']:.2f}, "
                  f"{result['tokens']} tokens)")
         log.log(trainer.step, {f"eval/{k}": v for k, v in result.items()})
-        return result
+        return {**result, "step": trainer.step}  # a resumed run's "before" is at its resume step
 
     attention_path = getattr(model, "attention_path", lambda d: "?")(env.device)
     optimizer_kind = optimizer_name(trainer.optimizer)

@@ -8,6 +8,7 @@ import torch
 from cptrain.cli import main as cli
 from cptrain.config import load_config
 from cptrain.data import DataError, build_eval_batches, build_train_loader
+from cptrain.data.shards import read_meta
 from cptrain.data.sources import is_eval
 from tests.data.data_helpers import encode_doc, input_stream, split_documents
 
@@ -23,6 +24,8 @@ def test_pretokenized_matches_streaming_and_resumes(recipe, smollm_tokenizer, ca
         _loader(path, smollm_tokenizer, "data.mode='pretokenized'")
     assert cli(["tokenize", str(path)]) == 0
     assert "web: 60 documents" in capsys.readouterr().out
+    meta = read_meta(load_config(path, []).data, "web")  # the source's size in its shard's stats, as streamed
+    assert meta["stats"]["bytes"] == sum(len(t.encode("utf-8")) for t in texts[:60])
     eos = smollm_tokenizer.eos_token_id
     docs = {}
     for mode in ("stream", "pretokenized"):

@@ -38,6 +38,7 @@ def test_resume_is_bitwise_identical(tmp_path, corpus, master):
     assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # exact float equality
     summary = json.loads((resumed / "report" / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["after"]["loss"] < summary["before"]["loss"]
+    assert (summary["before"]["step"], summary["after"]["step"]) == (4, 6)  # "before" is the resume's
     assert summary["optimizer"] == "AdamW (torch foreach)"  # CPU: the foreach kernel
 
 

@@ -109,11 +109,13 @@ def test_fresh_start_keeps_an_earlier_runs_metrics(tmp_path, corpus):
 
 def test_no_heldout_data_skips_the_eval_and_a_too_long_warmup_is_named(tmp_path, corpus, capsys):
     summary = run(debug_cfg(tmp_path / "run", corpus, "data.eval_fraction=0", "train.steps=2",
-                            "checkpoint.every_steps=0", "schedule.warmup_steps=5"))
+                            "checkpoint.every_steps=0", "schedule.warmup_steps=5",
+                            "model.overrides={vocab_size=49152, max_seq_len=32}"))
     assert summary["before"] is None and summary["after"] is None and summary["steps"] == 2
     out = capsys.readouterr().out
     assert "no held-out data" in out
     assert "schedule.warmup_steps = 5 is more than train.steps = 2" in out
+    assert "warning: train.seq_len = 64 is longer than the model's 32 positions" in out
 
 
 def test_saving_a_committed_step_again_keeps_the_old_one_until_the_new_one_commits(finished, tmp_path, corpus):

@@ -137,6 +137,7 @@ def write_token_shard(cfg: DataConfig, src: ResolvedSource, tokenizer: DocumentT
                 count_skip(stats, src.name, item)
                 continue
             batch.append((item.name, item.text))
+            stats["bytes"] += len(item.text.encode("utf-8"))
             if len(batch) >= 256:
                 flush(out)
         flush(out)
