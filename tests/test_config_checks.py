@@ -254,6 +254,7 @@ def test_wsd_warmup_running_into_the_decay_is_warned(caplog):
     ["schedule.warmup_steps=80"],  # warmup ends where the decay starts: no stable phase, but no overlap
     ["schedule.warmup_steps=90", "schedule.decay_fraction=0"],  # no decay to run into
     ["schedule.warmup_steps=90", "schedule.name=cosine"],
+    ["schedule.warmup_steps=150"],  # longer than the run: the trainer's own "never reaches" warning instead
 ])
 def test_schedules_without_an_overlap_are_not_warned(overrides, caplog):
     with caplog.at_level(logging.WARNING, logger="cptrain.config"):

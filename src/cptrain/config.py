@@ -165,6 +165,8 @@ class ScheduleConfig:
         n_decay = self.wsd_decay_steps(total_steps)
         if self.name != "wsd" or n_decay == 0 or self.warmup_steps + n_decay <= total_steps:
             return None
+        if self.warmup_steps > total_steps:  # the trainer's own warning says the LR never reaches its peak
+            return None
         given = (f"schedule.decay_steps = {self.decay_steps}" if self.decay_steps is not None
                  else f"schedule.decay_fraction = {self.decay_fraction:g}")
         return (f"schedule.warmup_steps = {self.warmup_steps} overlaps the WSD decay: with train.steps = "
