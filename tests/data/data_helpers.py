@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -97,3 +99,22 @@ def docs_by_source(
     for d in stream_docs:
         out[owner[d]].append(d)
     return out
+
+
+def stdlib_halves(tmp_path_factory) -> tuple[Path, Path]:
+    """Two folders of stdlib files as .txt; split at blank lines, so documents are short and many."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:8]
+    roots = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("txt")
+    for i, f in enumerate(files):
+        shutil.copy(f, roots[i % 2] / (f.stem + ".txt"))
+    return roots
+
+
+def halves_config(halves: tuple[Path, Path], stages: list[dict], **kw):
+    """Sources `a` and `txt` (the two `stdlib_halves`), no held-out split, the given `data.stages`."""
+    a, txt = halves
+    sources = [
+        {"name": "a", "path": str(a), "separator": "\n\n"},
+        {"name": "txt", "path": str(txt), "separator": "\n\n"},
+    ]
+    return data_config(sources, stages=stages, eval_fraction=0.0, **kw)

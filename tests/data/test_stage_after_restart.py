@@ -7,36 +7,23 @@ step N says, and a later normal resume must still know the step. Real stdlib fil
 
 from __future__ import annotations
 
-import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
 from cptrain.data import build_train_loader
-from tests.data.data_helpers import data_config
+from tests.data.data_helpers import halves_config, stdlib_halves
 
 SEQ, BATCH = 64, 2
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, Path]:
-    """Two folders of stdlib files as .txt; split at blank lines, so documents are short and many."""
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:8]
-    roots = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("txt")
-    for i, f in enumerate(files):
-        shutil.copy(f, roots[i % 2] / (f.stem + ".txt"))
-    return roots
+    return stdlib_halves(tmp_path_factory)
 
 
-def _cfg(corpus, stages, **kw):
-    a, txt = corpus
-    sources = [
-        {"name": "a", "path": str(a), "separator": "\n\n"},
-        {"name": "txt", "path": str(txt), "separator": "\n\n"},
-    ]
-    return data_config(sources, stages=stages, eval_fraction=0.0, **kw)
+_cfg = halves_config
 
 
 A_OFF_AT_3 = [{"start_step": 3, "weights": {"a": 0, "txt": 5}}]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import torch
 
 from cptrain.data import DataError, build_train_loader
 from cptrain.train import run
-from tests.data.data_helpers import data_config
+from tests.data.data_helpers import halves_config, stdlib_halves
 from tests.train.tiny_runs import debug_cfg, make_corpus
 
 SEQ, BATCH = 64, 2
@@ -28,21 +27,11 @@ A_OFF_AT_3 = [{"start_step": 3, "weights": {"a": 0, "txt": 5}}]
 
 @pytest.fixture(scope="module")
 def halves(tmp_path_factory) -> tuple[Path, Path]:
-    """Two folders of stdlib files as .txt; split at blank lines, so documents are short and many."""
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:8]
-    roots = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("txt")
-    for i, f in enumerate(files):
-        shutil.copy(f, roots[i % 2] / (f.stem + ".txt"))
-    return roots
+    return stdlib_halves(tmp_path_factory)
 
 
 def _cfg(halves, **kw):
-    a, txt = halves
-    sources = [
-        {"name": "a", "path": str(a), "separator": "\n\n"},
-        {"name": "txt", "path": str(txt), "separator": "\n\n"},
-    ]
-    return data_config(sources, stages=A_OFF_AT_3, eval_fraction=0.0, **kw)
+    return halves_config(halves, A_OFF_AT_3, **kw)
 
 
 def _loader(cfg, tokenizer, accum: int, **kw):
