@@ -33,9 +33,13 @@ class Row:
     file: str = ""  # datasets: the data file the row is in, when read file by file (`line` counts in it)
 
 
-# a UTF-8 byte order mark (Windows editors and some exporters write one): not part of the text, and
-# json.loads refuses a line that starts with it
 BOM = "\ufeff"
+
+
+def _utf8(data: bytes) -> str:
+    """UTF-8 text without a leading byte order mark (Windows editors and some exporters write one): it is
+    not part of the text, and json.loads refuses a line that starts with it."""
+    return data.decode("utf-8").removeprefix(BOM)
 
 
 def file_format(path: str, fmt: str) -> str:
@@ -89,7 +93,7 @@ def _txt_rows(path: Path, separator: str, start_row: int) -> Iterator[Row]:
             yield Row(0, 1, -1, data)
         return
     try:
-        text = data.decode("utf-8").removeprefix(BOM)
+        text = _utf8(data)
     except UnicodeDecodeError as e:
         if start_row == 0:  # the whole file is one bad row: pieces cannot be trusted
             yield Row(0, data.count(b"\n", 0, e.start) + 1, -1, data)
@@ -226,7 +230,7 @@ def row_text(data: Any, fmt: str, text_field: str) -> tuple[str | None, str | No
         if not data.strip():
             return None, "blank_line"
         try:
-            line = data.decode("utf-8").removeprefix(BOM)  # a BOM starts the first line of some exports
+            line = _utf8(data)
         except UnicodeDecodeError:
             return None, "invalid_utf8"
         try:
@@ -238,7 +242,7 @@ def row_text(data: Any, fmt: str, text_field: str) -> tuple[str | None, str | No
         data = obj.get(text_field, MISSING)
     elif fmt == "txt" and isinstance(data, bytes):
         try:
-            data = data.decode("utf-8").removeprefix(BOM)
+            data = _utf8(data)
         except UnicodeDecodeError:
             return None, "invalid_utf8"
     if data is MISSING:
