@@ -6,9 +6,11 @@ Variants per shape: untiled (cptrain's MLP as is), tiled with the `model.tiled_m
 tiled with a few fixed counts, auto-tiled through the generic path (autograd recompute of the whole
 MLP; the default is the hand-written SwiGLU backward), and untiled / auto-tiled under activation
 checkpointing ("+ckpt", the setting long sequences train in, where untiled also recomputes its
-forward). "activation" memory is the peak during fwd+bwd minus what existed before (weights, the input
-and the incoming gradient); it includes the output, the input gradient and the weight gradients,
-which every variant makes. An untiled run that does not fit is reported as OOM.
+forward). Tiled "+ckpt" is the trainer's setting (`recompute_output=False`: the checkpoint's recompute
+skips the tiled forward, whose output it never reads); "+ckpt recompute" reruns that forward as a
+checkpoint otherwise would. "activation" memory is the peak during fwd+bwd minus what existed before
+(weights, the input and the incoming gradient); it includes the output, the input gradient and the
+weight gradients, which every variant makes. An untiled run that does not fit is reported as OOM.
 Writes benchmarks/results/<date>-<device>-kernels-tiled-mlp.md and .json (and into $OUT when set).
 """
 
@@ -39,6 +41,7 @@ def run_variant(mlp: MLP, x: torch.Tensor, grad: torch.Tensor, variant: dict, wa
                 repeats: int) -> dict:
     num_tiles, ckpt = variant["tiles"], variant["ckpt"]
     mlp.num_tiles = num_tiles
+    mlp.recompute_output = not variant.get("skip", False)
     layer = mlp
     if variant["path"] == "generic":
         def layer(t):
@@ -95,6 +98,7 @@ def main() -> None:
             plan = [(1, False, "swiglu"), (auto, False, "swiglu"), (auto, False, "generic")]
             plan += [(n, False, "swiglu") for n in fixed] + [(1, True, "swiglu"), (auto, True, "swiglu")]
             variants = [{"tiles": n, "ckpt": c, "path": path} for n, c, path in plan]
+            variants.append({"tiles": auto, "ckpt": True, "path": "swiglu", "skip": True})
             row = {"model": model, "tokens": tokens, "dim": dim, "ffn_dim": ffn, "auto_tiles": auto,
                    "variants": []}
             rows.append(row)
@@ -127,7 +131,7 @@ def write(rows: list[dict], info: dict, command: str) -> None:
             label = "untiled" if v["tiles"] == 1 else f"{v['tiles']}"
             label += " (auto)" if v["tiles"] == row["auto_tiles"] and v["tiles"] > 1 else ""
             label += " generic" if v["path"] == "generic" and v["tiles"] > 1 else ""
-            label += " +ckpt" if v["ckpt"] else ""
+            label += (" +ckpt" if v.get("skip") or v["tiles"] == 1 else " +ckpt recompute") if v["ckpt"] else ""
             ok, base_ok = v.get("status") == "ok", untiled.get("status") == "ok"
             body.append([f"{row['model']} ({row['dim']}/{row['ffn_dim']})", str(row["tokens"]), label,
                          f"{v['seconds'] * 1e3:.1f}" if ok else v.get("status", "-"),

@@ -100,6 +100,9 @@ class MLP(nn.Module):
         self.up_proj = Linear(args.dim, args.ffn_dim, bias=False)
         self.down_proj = Linear(args.ffn_dim, args.dim, bias=False)
         self.num_tiles = 1  # >1: sequence-tiled forward/backward (ops/tiled_mlp.py)
+        # False: an activation checkpoint's recompute never reads this MLP's output (set by parallelize for
+        # Block, where only the residual add follows), so the tiled forward skips it there
+        self.recompute_output = True
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -108,7 +111,8 @@ class MLP(nn.Module):
         if self.num_tiles > 1:
             from cptrain.ops.tiled_mlp import tiled_mlp
 
-            return tiled_mlp(self.swiglu, x, self.num_tiles, list(self.parameters()))
+            return tiled_mlp(self.swiglu, x, self.num_tiles, list(self.parameters()),
+                             recompute_output=self.recompute_output)
         return self.swiglu(x)
 
 

@@ -13,7 +13,12 @@ Design, and why:
 - The function re-reads the parameters through `fn` (the module's bound method) in the backward; under
   FSDP2 those are the same unsharded tensors the forward used, unsharded again for the backward.
 - Activation checkpointing: the input is saved with save_for_backward, so a checkpoint around the block
-  drops and recomputes it like any other saved tensor.
+  drops and recomputes it like any other saved tensor. A checkpoint's recompute would also rerun the
+  whole tiled forward, although the backward only needs the input: 3 matmul units thrown away. When the
+  caller knows nothing recomputed after the MLP reads its output (`recompute_output=False`: cptrain's
+  Block, whose MLP output only meets the residual add, under `activation_checkpointing = "full"`), the
+  fast path's forward called inside a backward pass (that is, by a checkpoint's recompute) saves its
+  tensors and returns an uninitialised output instead of computing it.
 - torch.compile: the call is a graph break (`torch.compiler.disable`); its backward runs autograd itself.
 - `fn` must be deterministic (no dropout): the backward recomputes it.
 
@@ -48,15 +53,18 @@ _TILE_ALIGN = 128
 
 @torch.compiler.disable
 def tiled_mlp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_tiles: int,
-              params: list[torch.Tensor], fast_path: bool = True) -> torch.Tensor:
+              params: list[torch.Tensor], fast_path: bool = True, recompute_output: bool = True) -> torch.Tensor:
     """fn(x) for x [..., dim], computed over `num_tiles` token tiles; gradients flow to x and `params`
-    (the tensors `fn` reads, e.g. `list(mlp.parameters())`). fast_path=False forces the generic path."""
+    (the tensors `fn` reads, e.g. `list(mlp.parameters())`). fast_path=False forces the generic path.
+    recompute_output=False: when an activation checkpoint's recompute calls this inside the backward, the
+    output's values are never read (the caller guarantees it), so the fast path skips computing them."""
     num_tiles = _tile_count(num_tiles)
     if num_tiles == 1:
         return fn(x)
     weights = _plain_swiglu_weights(fn, params, x) if fast_path else None
     if weights is not None:
-        return _TiledSwiGLU.apply(x, num_tiles, *weights)
+        skip = not recompute_output and torch._C._current_graph_task_id() != -1
+        return _TiledSwiGLU.apply(x, num_tiles, skip, *weights)
     return _TiledMLP.apply(fn, num_tiles, x, *params)
 
 
@@ -195,12 +203,14 @@ class _TiledSwiGLU(torch.autograd.Function):
     """down(silu(x @ gate.T) * (x @ up.T)) tile by tile, with the backward written out by hand."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, num_tiles: int, gate: torch.Tensor, up: torch.Tensor,
+    def forward(ctx, x: torch.Tensor, num_tiles: int, skip: bool, gate: torch.Tensor, up: torch.Tensor,
                 down: torch.Tensor) -> torch.Tensor:
         ctx.num_tiles = num_tiles
         ctx.save_for_backward(x, gate, up, down)
-        tokens = x.reshape(-1, x.shape[-1])
         out = x.new_empty((*x.shape[:-1], down.shape[0]))  # not a view: FSDP2 hooks the returned tensor
+        if skip:  # a checkpoint's recompute whose output nobody reads: only the saved tensors matter
+            return out
+        tokens = x.reshape(-1, x.shape[-1])
         flat = out.view(-1, down.shape[0])
         start = 0
         for tile in split_tiles(tokens, num_tiles):
@@ -214,7 +224,7 @@ class _TiledSwiGLU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         x, gate, up, down = ctx.saved_tensors
-        need_x, _, need_gate, need_up, need_down = ctx.needs_input_grad
+        need_x, _, _, need_gate, need_up, need_down = ctx.needs_input_grad
         tokens = x.reshape(-1, x.shape[-1])
         grad_tokens = grad_out.reshape(tokens.shape[0], grad_out.shape[-1])  # not -1: 0 tokens is allowed
         grad_x = torch.empty_like(tokens) if need_x else None
@@ -239,4 +249,4 @@ class _TiledSwiGLU(torch.autograd.Function):
                 torch.mm(grad_g, gate, out=grad_x[start:end])
                 grad_x[start:end].addmm_(grad_u, up)
             start = end
-        return (grad_x.view_as(x) if need_x else None), None, grad_gate, grad_up, grad_down
+        return (grad_x.view_as(x) if need_x else None), None, None, grad_gate, grad_up, grad_down
