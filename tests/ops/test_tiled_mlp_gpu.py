@@ -79,3 +79,22 @@ def test_bf16_checkpoint_recompute_skip_gives_the_same_grads():
         results.append([out.detach(), leaf.grad, *(p.grad for p in mlp.parameters())])
     for full, skipped in zip(*results, strict=True):
         assert torch.equal(full, skipped)
+
+
+def test_fp32_master_weights_sum_tile_grads_with_addmm_in_fp32():
+    """fp32 weights (one rank without FSDP2) and bf16 activations: the fast path adds each tile's weight
+    gradient into the fp32 buffer by cuBLAS addmm with out_dtype, and matches the untiled MLP."""
+    from cptrain.ops import tiled_mlp
+
+    torch.manual_seed(0)
+    mlp = MLP(ModelArgs(dim=1024, ffn_dim=4096)).cuda()
+    for p in mlp.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    x = torch.randn(1, 16384, 1024, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn_like(x) * 1e-2
+    out0, gx0, gp0, _ = fwd_bwd(mlp, x, grad, 1)
+    out_t, gx_t, gp_t, _ = fwd_bwd(mlp, x, grad, 8)
+    assert tiled_mlp._MIXED_ADDMM == [True]
+    assert rel_err(out_t, out0) < 1e-2 and rel_err(gx_t, gx0) < 1e-2
+    for g_t, g0 in zip(gp_t, gp0, strict=True):
+        assert g_t.dtype == torch.float32 and rel_err(g_t, g0) < 1e-2

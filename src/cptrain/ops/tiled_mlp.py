@@ -22,13 +22,16 @@ Design, and why:
 - torch.compile: the call is a graph break (`torch.compiler.disable`); its backward runs autograd itself.
 - `fn` must be deterministic (no dropout): the backward recomputes it.
 
-Fast path: when `fn` is cptrain's own `MLP.swiglu` over three plain bias-free Linears whose weights have
-the input's dtype (no TP, FP8 or hooks on them, no autocast), the backward is written out by hand: it
+Fast path: when `fn` is cptrain's own `MLP.swiglu` over three plain bias-free Linears (no TP, FP8 or hooks
+on them, no autocast), the backward is written out by hand: it
 recomputes only the gate and up projections (2 of the forward's 3 matmuls) and accumulates the weight
 gradients with addmm, so a tiled MLP costs 11 matmul units against the untiled 9 instead of 12. The
 elementwise SwiGLU forward and backward are one fused in-place pass each (ops/swiglu.py): a tile holds
 three [tile, ffn] tensors at its peak, and the pass over them costs 9 tensor-sized transfers where eager
-PyTorch's silu/mul and their gradients cost 19.
+PyTorch's silu/mul and their gradients cost 19. Weights kept in fp32 for the optimizer (one rank without
+FSDP2, whose cptrain `Linear`s cast them where used) are cast to the activations' dtype once per forward
+and once per backward, not once per tile, and their gradients are summed over the tiles in fp32 (on CUDA
+by addmm into the fp32 buffer); the generic path would cast per tile and add each tile's gradient.
 """
 
 from __future__ import annotations
@@ -87,10 +90,11 @@ def _plain_swiglu_weights(fn, params: list[torch.Tensor], x: torch.Tensor):
     if not isinstance(mlp, MLP) or getattr(fn, "__func__", None) is not MLP.swiglu:
         return None
     layers = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    # anything that changes what a Linear computes (TP, FP8 swaps, hooks, autocast, fp32 weights cast to the
-    # activations' dtype on use) takes the generic path
+    # anything that changes what a Linear computes (TP, FP8 swaps, hooks, autocast) takes the generic path.
+    # Weights of another dtype only in cptrain's Linear, which casts them to the input's dtype where used
     if any(type(m) not in (nn.Linear, Linear) or m.bias is not None or m._forward_hooks or m._forward_pre_hooks
-           or type(m.weight) not in (nn.Parameter, torch.Tensor) or m.weight.dtype != x.dtype for m in layers):
+           or type(m.weight) not in (nn.Parameter, torch.Tensor) or not m.weight.is_floating_point()
+           or (m.weight.dtype != x.dtype and type(m) is not Linear) for m in layers):
         return None
     if torch.is_autocast_enabled(x.device.type) or nn.modules.module._global_forward_hooks \
             or nn.modules.module._global_forward_pre_hooks:
@@ -210,6 +214,7 @@ class _TiledSwiGLU(torch.autograd.Function):
         out = x.new_empty((*x.shape[:-1], down.shape[0]))  # not a view: FSDP2 hooks the returned tensor
         if skip:  # a checkpoint's recompute whose output nobody reads: only the saved tensors matter
             return out
+        gate, up, down = (w.to(x.dtype) for w in (gate, up, down))  # fp32 master weights: one cast each
         tokens = x.reshape(-1, x.shape[-1])
         flat = out.view(-1, down.shape[0])
         start = 0
@@ -223,15 +228,18 @@ class _TiledSwiGLU(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        x, gate, up, down = ctx.saved_tensors
+        x, *weights = ctx.saved_tensors
         need_x, _, _, need_gate, need_up, need_down = ctx.needs_input_grad
         tokens = x.reshape(-1, x.shape[-1])
         grad_tokens = grad_out.reshape(tokens.shape[0], grad_out.shape[-1])  # not -1: 0 tokens is allowed
         grad_x = torch.empty_like(tokens) if need_x else None
-        # weight grads are summed over tiles by addmm (fp32 inside each product); beta=0 on the first tile
-        # makes the uninitialised buffers safe
-        grad_gate, grad_up, grad_down = (torch.empty_like(w) if need else None
-                                         for w, need in ((gate, need_gate), (up, need_up), (down, need_down)))
+        # weight grads, in the weights' own dtype, are summed over tiles by addmm (fp32 inside each product);
+        # beta=0 on the first tile makes the uninitialised buffers safe. fp32 buffers of bf16 products start
+        # at zero and take every tile's product (_accumulate)
+        grad_gate, grad_up, grad_down = (
+            None if not need else torch.empty_like(w) if w.dtype == x.dtype else torch.zeros_like(w)
+            for w, need in zip(weights, (need_gate, need_up, need_down), strict=True))
+        gate, up, down = (w.to(x.dtype) for w in weights)
         start = 0
         tiles = zip(split_tiles(tokens, ctx.num_tiles), split_tiles(grad_tokens, ctx.num_tiles), strict=True)
         for i, (tile, grad_tile) in enumerate(tiles):
@@ -239,14 +247,37 @@ class _TiledSwiGLU(torch.autograd.Function):
             # one fused pass turns (g, u, d(hidden)) into (d(g), d(u), hidden) in place: 3 live tensors per tile
             grad_g, grad_u, hidden = swiglu_backward_(tile @ gate.t(), tile @ up.t(), grad_tile @ down)
             if grad_down is not None:
-                torch.addmm(grad_down, grad_tile.t(), hidden, beta=beta, out=grad_down)
+                _accumulate(grad_down, grad_tile.t(), hidden, beta)
             del hidden
             if grad_gate is not None:
-                torch.addmm(grad_gate, grad_g.t(), tile, beta=beta, out=grad_gate)
+                _accumulate(grad_gate, grad_g.t(), tile, beta)
             if grad_up is not None:
-                torch.addmm(grad_up, grad_u.t(), tile, beta=beta, out=grad_up)
+                _accumulate(grad_up, grad_u.t(), tile, beta)
             if grad_x is not None:
                 torch.mm(grad_g, gate, out=grad_x[start:end])
                 grad_x[start:end].addmm_(grad_u, up)
             start = end
         return (grad_x.view_as(x) if need_x else None), None, None, grad_gate, grad_up, grad_down
+
+
+_MIXED_ADDMM: list[bool] = []  # [] untried; [True] if addmm with out_dtype works here, [False] if not
+
+
+def _accumulate(buf: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) -> None:
+    """buf = beta * buf + a @ b. A buffer of the inputs' dtype takes addmm as is. An fp32 buffer (zeroed by
+    the caller) of bf16 inputs takes addmm with out_dtype where the backend has it (CUDA: the product is
+    added in fp32, no bf16 rounding per tile), else the product is added in a second pass."""
+    if buf.dtype == a.dtype:
+        torch.addmm(buf, a, b, beta=beta, out=buf)
+        return
+    if buf.is_cuda and _MIXED_ADDMM != [False]:
+        try:
+            torch.addmm(buf, a, b, out_dtype=buf.dtype, out=buf)
+            if not _MIXED_ADDMM:
+                _MIXED_ADDMM.append(True)
+            return
+        except RuntimeError:
+            if _MIXED_ADDMM:  # it worked before: this failure is something else
+                raise
+            _MIXED_ADDMM.append(False)
+    buf.add_(torch.mm(a, b))
