@@ -96,6 +96,14 @@ def run_one(name: str, code: str, kind: str, overrides: list[str], ns, work: Pat
     return row
 
 
+def title(extra: list[str]) -> str:
+    """The shape the runs had: SHAPE's, with --extra's own preset and sequence length where it gives them."""
+    keys = dict(o.split("=", 1) for o in [*SHAPE, *extra] if "=" in o)
+    text = f"cptrain speed: {keys['model.preset']} shape, 1 GPU, batch 1 x {keys['train.seq_len']}"
+    others = [o for o in extra if o.split("=", 1)[0] not in ("model.preset", "train.seq_len")]
+    return text + (f" ({', '.join(others)})" if others else "")
+
+
 def table(rows: list[dict]) -> str:
     body = []
     base = next((r.get("tokens_per_s") for r in rows if r["variant"] == "base" and r.get("tokens_per_s")), None)
@@ -165,8 +173,8 @@ def main() -> int:
                  + f"Timed: steps {ns.warmup + 1}-{ns.warmup + ns.steps} of each run (compile happens before); "
                  "tokens/s of the median step as in throughput.py, and over all timed steps.\n\n"
                  + profiles(rows))
-        harness.write_results("cptrain-speed", "cptrain speed: llama3.2-1b shape, 1 GPU, batch 1 x 8192",
-                              table(rows), rows, info, command, notes, log, ns.results_dir)
+        harness.write_results("cptrain-speed", title(ns.extra), table(rows), rows, info, command, notes, log,
+                              ns.results_dir)
         print(table(rows), flush=True)
     return 0
 
