@@ -14,3 +14,21 @@ def test_preset_sizes_match_published_counts():
     for name, n in expected.items():
         total = count_parameters(PRESETS[name])["total"]
         assert abs(total - n) / n < 0.01, (name, total)
+
+
+
+def test_tiled_mlp_estimate_only_where_auto_tiles(capsys):
+    """At 128K tokens auto tiles the llama3.2-1b MLP: a third activation figure drops one block's
+    [tokens, ffn] intermediates (3 bf16 tensors) from the full-checkpointing one. At 8K auto does not tile
+    and no such line is printed."""
+    from cptrain.models.inspect import GIB, memory_estimate
+
+    args = PRESETS["llama3.2-1b"]
+    long = memory_estimate(args, 131072, 1)
+    dropped = 131072 * args.ffn_dim * 2 * 3 / GIB
+    assert abs(long["activations_full_ckpt"] - long["activations_full_ckpt_tiled"] - dropped) < 1e-9
+    assert memory_estimate(args, 8192, 1)["activations_full_ckpt_tiled"] is None
+    assert main(["inspect-model", "llama3.2-1b", "--seq-len", "131072"]) == 0
+    assert "with full checkpointing and model.tiled_mlp" in capsys.readouterr().out
+    assert main(["inspect-model", "llama3.2-1b"]) == 0
+    assert "tiled_mlp" not in capsys.readouterr().out

@@ -27,16 +27,26 @@ def args_for(model: str) -> ModelArgs:
 def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dict[str, float]:
     """GiB per GPU with no sharding: fp32 master params + fp32 grads + AdamW (2 x fp32) = 16 B/param;
     activations for bf16 training without checkpointing (rough: ~34 x dim bytes per token per layer
-    plus the fp32 logits chunk); with full checkpointing only one block's activations stay live."""
+    plus the fp32 logits chunk); with full checkpointing only one block's activations stay live, and with
+    `model.tiled_mlp = "auto"` as well (when it tiles at this length) that block's [tokens, ffn] part is
+    gone too (1B at 128K on H100: 34.9 GiB estimated with the states, 33.4 GiB peak measured,
+    benchmarks/results/2026-11-23-1xh100-cptrain-speed-128k-tiled.md)."""
+    from cptrain.ops.tiled_mlp import resolve_num_tiles
+
     n = count_parameters(args)["total"]
     tokens = seq_len * micro_batch_size
-    per_layer = tokens * args.dim * 34 + tokens * args.ffn_dim * 2 * 3
+    mlp = tokens * args.ffn_dim * 2 * 3
+    per_layer = tokens * args.dim * 34 + mlp
+    checkpoints = tokens * args.dim * 2 * args.n_layers
     states = 16 * n
+    tiles = resolve_num_tiles("auto", seq_len, args.dim, args.ffn_dim, micro_batch_size)
     return {
         "weights_bf16": 2 * n / GIB,
         "params_grads_adam_fp32": states / GIB,
         "activations_no_ckpt": per_layer * args.n_layers / GIB,
-        "activations_full_ckpt": (per_layer + tokens * args.dim * 2 * args.n_layers) / GIB,
+        "activations_full_ckpt": (per_layer + checkpoints) / GIB,
+        # None: auto does not tile at this length, so the line above already holds
+        "activations_full_ckpt_tiled": (per_layer - mlp + checkpoints) / GIB if tiles > 1 else None,
     }
 
 
@@ -60,4 +70,7 @@ def describe_model(model: str, seq_len: int = 8192, micro_batch_size: int = 1) -
         f"activations      seq {seq_len} x batch {micro_batch_size}: ~{mem['activations_no_ckpt']:.1f} GiB "
         f"without checkpointing, ~{mem['activations_full_ckpt']:.1f} GiB with full checkpointing",
     ]
+    if mem["activations_full_ckpt_tiled"] is not None:
+        lines.append(f"                 ~{mem['activations_full_ckpt_tiled']:.1f} GiB with full checkpointing and "
+                     f"model.tiled_mlp = \"auto\" (about the untiled time under checkpointing)")
     return "\n".join(lines)
