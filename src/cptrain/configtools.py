@@ -160,6 +160,8 @@ def parse_override(text: str, schema: type | None = None) -> tuple[list[str], An
     With `schema` (the dataclass the overrides apply to), a key annotated as text (str, str | None, Path)
     keeps the text as typed whenever TOML reads it as a number, boolean, date or time: on a command line
     `slurm.time=12:00:00` means the string "12:00:00", not a TOML local time that then fails the str check.
+    The same holds inside an inline table or array: `slurm={time=12:00:00, cpus_per_task=4}` gives the
+    string "12:00:00" and the integer 4.
     """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
@@ -174,7 +176,60 @@ def parse_override(text: str, schema: type | None = None) -> tuple[list[str], An
         return path, raw
     if schema is not None and _is_scalar(value) and _is_text(annotation_at(schema, path)):
         return path, raw
+    if schema is not None and isinstance(value, (dict, list)):
+        # tomllib keeps no source text, so read `raw` again with its bare values quoted: that reading has
+        # the same tables and lists, with the text as typed where the first has numbers, dates and times
+        try:
+            typed = tomllib.loads(f"v = {_quote_bare_values(raw)}")["v"]
+        except tomllib.TOMLDecodeError:  # a form the quoting does not follow (comments, multi-line strings)
+            typed = None
+        value = _text_as_typed(value, typed, schema, path)
     return path, value
+
+
+_TOKEN = re.compile(r"""
+    "(?:\\.|[^"\\])*" | '[^']*'                # a basic or literal string
+    | \s+ | [{}\[\],=]                         # whitespace, punctuation
+    | \d{4}-\d\d-\d\d[ ]\d\d:[^\s{}\[\],="']*    # a date, a space and a time: one value
+    | [^\s{}\[\],="']+ | .                     # a bare key or value; any other character as it is
+""", re.VERBOSE)
+
+
+def _quote_bare_values(raw: str) -> str:
+    """`raw` with each bare value written as a TOML literal string of its text:
+    `{time=12:00:00, n=[1, true]}` -> `{time='12:00:00', n=['1', 'true']}`; keys and strings stay."""
+    out, brackets, value_next = [], [], True  # `raw` as a whole is a value (`v = raw`)
+    for tok in _TOKEN.findall(raw):
+        if tok in ("{", "["):
+            brackets.append(tok)
+            value_next = tok == "["  # an array starts with a value, a table with a key
+        elif tok in ("}", "]"):
+            brackets = brackets[:-1]
+            value_next = False
+        elif tok in ("=", ","):
+            value_next = tok == "=" or brackets[-1:] == ["["]
+        elif not tok.isspace():
+            if value_next and tok[0] not in "\"'":
+                tok = f"'{tok}'"
+            value_next = False
+        out.append(tok)
+    return "".join(out)
+
+
+def _text_as_typed(value: Any, typed: Any, schema: type, path: list[str]) -> Any:
+    """`value` with each number, boolean, date or time at a text key of `schema` replaced by the text as
+    typed, taken from `typed` (the same override read with its bare values quoted). Inside a free-form
+    table (model.overrides, slurm.sbatch_args) `annotation_at` knows no type, so values keep their TOML
+    type there, as a direct `model.overrides.n_layers=2` does: model.overrides is checked against
+    ModelArgs, whose error names the key (and says to quote a date or time)."""
+    if isinstance(value, dict) and isinstance(typed, dict):
+        return {k: _text_as_typed(v, typed.get(k), schema, [*path, k]) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(typed, list) and len(value) == len(typed):
+        return [_text_as_typed(v, t, schema, [*path[:-1], f"{path[-1]}[{i}]"])
+                for i, (v, t) in enumerate(zip(value, typed, strict=True))]
+    if _is_scalar(value) and isinstance(typed, str) and _is_text(annotation_at(schema, path)):
+        return typed
+    return value
 
 
 def _is_scalar(value: Any) -> bool:
