@@ -134,16 +134,28 @@ def load(step_dir: Path, model, optimizer=None, *, load_rank_state: bool = True)
         _load_optimizer_state(step_dir, model, optimizer)
     if not load_rank_state:
         return train_state, None
+    rank_state = _rank_state(step_dir)
+    set_rng_state(rank_state["rng"])
+    return train_state, rank_state["data"]
+
+
+def saved_data_state(step_dir: Path) -> dict:
+    """This rank's saved data-loader position, read without building the model: a launch checks it against its
+    own data settings before it builds the model or touches its run folder."""
+    return _rank_state(step_dir)["data"]
+
+
+def _rank_state(step_dir: Path) -> dict:
+    """This rank's rank-R.pt: its data position and RNG."""
+    world_size = saved_world_size(step_dir)
     rank_file = step_dir / f"rank-{dist.get_rank()}.pt"
-    if train_state["world_size"] != dist.get_world_size() or not rank_file.is_file():
+    if world_size != dist.get_world_size() or not rank_file.is_file():
         raise RuntimeError(
-            f"{step_dir} was written by {train_state['world_size']} ranks, this job has "
+            f"{step_dir} was written by {world_size} ranks, this job has "
             f"{dist.get_world_size()}: the data position of each rank cannot be mapped. Resume with the same "
             "number of ranks, or set checkpoint.load_data_state=false to keep weights and optimizer and "
             "restart the data stream")
-    rank_state = torch.load(rank_file, weights_only=True)
-    set_rng_state(rank_state["rng"])
-    return train_state, rank_state["data"]
+    return torch.load(rank_file, weights_only=True)
 
 
 def _load_optimizer_state(step_dir: Path, model, optimizer) -> None:

@@ -288,6 +288,10 @@ def _run(cfg: Config, env) -> dict:
     first_step = checkpoint.saved_step(resume_from) if resume_from is not None else 0
     loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
                                 micro_batches_per_step=accum, first_step=first_step, **data_kw)
+    if load_rank_state:
+        # the saved data position now, through the loader's own check: one these settings cannot continue
+        # (another train.micro_batch_size) is refused in seconds, before the model or the run folder is touched
+        loader.load_state_dict(checkpoint.saved_data_state(resume_from))
     eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
     torch.manual_seed(cfg.train.seed)  # here: whatever the data loaders drew, every rank builds the same init
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
@@ -303,11 +307,10 @@ def _run(cfg: Config, env) -> dict:
         if data_note:
             log.info(data_note)
         optimizer = trainer.optimizer if cfg.checkpoint.load_optimizer else None
-        state, data_state = checkpoint.load(resume_from, model, optimizer, load_rank_state=load_rank_state)
+        # the RNG with the weights; the loader has its data position already
+        state, _ = checkpoint.load(resume_from, model, optimizer, load_rank_state=load_rank_state)
         trainer.step, trainer.tokens_seen = state["step"], state.get("tokens_seen", 0)
         restore_schedule(trainer, trainer.step)
-        if data_state is not None:
-            loader.load_state_dict(data_state)
         log.info(f"resumed from {resume_from} at step {trainer.step}")
     folder.write_metadata(cfg, args, tokenizer)
 
