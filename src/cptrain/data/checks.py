@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from itertools import islice
 from pathlib import Path
 
 from cptrain.configtools import closest
 from cptrain.data.config import DataConfig
-from cptrain.data.readers import read_rows, row_text
+from cptrain.data.readers import dataset_rows, read_rows, row_text
 from cptrain.data.sources import DataError, ResolvedSource, resolve_source
 
 PREFLIGHT_ROWS = 2000  # rows read per source, at most, to find one usable document
@@ -26,7 +27,7 @@ def resolve_sources(cfg: DataConfig) -> list[ResolvedSource]:
     for i, source in enumerate(cfg.sources):
         refuse_dedup_run_folder(source.path, f"data.sources[{i}].path")
         src = resolve_source(source, f"data.sources[{i}]")
-        if source.format != "datasets":
+        if source.format != "datasets" or checked_up_front(src):
             preflight(src, f"data.sources[{i}]")
         resolved.append(src)
     return resolved
@@ -44,6 +45,31 @@ def refuse_dedup_run_folder(path: str, key: str) -> None:
         )
 
 
+def checked_up_front(src: ResolvedSource) -> bool:
+    """A datasets source whose first rows can be read without reading it all: local files only (one given by
+    name or URL would be downloaded) and a plain split (a split expression such as 'train[:10%]' cannot be
+    streamed, and without streaming `datasets` prepares the whole dataset first). The others are checked at
+    their first batch."""
+    return bool(src.inputs) and not src.unchecked and re.fullmatch(r"\w+(\.\w+)*", src.cfg.split) is not None
+
+
+def _rows(src: ResolvedSource, rel: str, fmt: str):
+    c = src.cfg
+    if fmt == "datasets":
+        # streamed whatever the source says: its first rows, not an Arrow cache of all of it
+        return dataset_rows(
+            c.path,
+            c.dataset_config,
+            c.split,
+            c.data_files,
+            True,
+            c.text_field,
+            source=src.name,
+            local_files=src.inputs,
+        )
+    return read_rows(src.path_of(rel), fmt, c.text_field, c.separator)
+
+
 def preflight(src: ResolvedSource, key: str) -> None:
     """Read rows until one usable document turns up; a text field missing everywhere is fatal now."""
     c = src.cfg
@@ -51,7 +77,7 @@ def preflight(src: ResolvedSource, key: str) -> None:
     keys_seen: set[str] = set()
     rows = 0
     for rel, fmt in src.files:
-        for r in islice(read_rows(src.path_of(rel), fmt, c.text_field, c.separator), PREFLIGHT_ROWS - rows):
+        for r in islice(_rows(src, rel, fmt), PREFLIGHT_ROWS - rows):
             if r.problem is not None:
                 reasons[r.problem.split(":")[0]] = reasons.get(r.problem.split(":")[0], 0) + 1
                 continue
@@ -61,12 +87,11 @@ def preflight(src: ResolvedSource, key: str) -> None:
                 return
             reasons[reason] = reasons.get(reason, 0) + 1
             if reason == "missing_field":
-                keys_seen.update(_keys(r.data, fmt))
+                keys_seen.update(r.fields or _keys(r.data, fmt))
         if rows >= PREFLIGHT_ROWS:
             break
-    scope = (
-        f"the first {rows} rows" if rows >= PREFLIGHT_ROWS else f"all {rows} rows of {len(src.files)} files"
-    )
+    files = len(src.input_files())  # a datasets source's local files, not its one stream
+    scope = f"the first {rows} rows" if rows >= PREFLIGHT_ROWS else f"all {rows} rows of {files} files"
     why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "nothing to read"
     hint = ""
     if reasons.get("missing_field") and keys_seen:
@@ -74,7 +99,12 @@ def preflight(src: ResolvedSource, key: str) -> None:
             f"; the rows have the fields {sorted(keys_seen)}{closest(c.text_field, keys_seen)} "
             f"(set {key}.text_field)"
         )
-    raise DataError(f"{key} ({c.path}): no usable document in {scope} ({why}){hint}")
+    where, what = c.path, "document"
+    if c.format == "datasets":
+        # its path is often only a builder ('json'): name the source and the column too
+        where = f"source {c.name!r}, format 'datasets', path {c.path!r}"
+        what = f"text in column {c.text_field!r}"
+    raise DataError(f"{key} ({where}): no usable {what} in {scope} ({why}){hint}")
 
 
 def _keys(data, fmt: str) -> list[str]:

@@ -31,6 +31,7 @@ class Row:
     problem: str | None = None  # a file-level problem: truncated_file, empty_file, read_error
     end: int = -1  # byte offset just after the row (uncompressed jsonl), where the next row starts
     file: str = ""  # datasets: the data file the row is in, when read file by file (`line` counts in it)
+    fields: tuple = ()  # datasets: the row's columns when it lacks the text column (a preflight names them)
 
 
 BOM = "\ufeff"
@@ -362,7 +363,9 @@ def _dataset_stream(
         except Exception as e:  # noqa: BLE001 - pyarrow / pandas / csv parse errors of a bad row or file
             raise ConfigError(_unreadable(where, _failed_file(e, local_files), e, first + index)) from None
         if index >= skip:
-            yield Row(first + index, index + 1, -1, example.get(column, MISSING), file=file)
+            value = example.get(column, MISSING)
+            fields = tuple(example) if value is MISSING else ()
+            yield Row(first + index, index + 1, -1, value, file=file, fields=fields)
         index += 1
 
 
