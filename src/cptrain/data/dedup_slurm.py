@@ -66,6 +66,23 @@ def env_command(cfg: DedupConfig) -> str:
     return f"export PATH={Path(sys.executable).parent}:$PATH"
 
 
+def sbatch_directives(args: dict) -> dict[str, str]:
+    """slurm.sbatch_args as the text of `#SBATCH --key=value` lines (datatrove writes `--key` alone for an
+    empty value). `true` is the bare flag (`exclusive = true` -> `--exclusive`; "True" would be an invalid
+    value) and `false` leaves it out; a TOML date or time is written as ISO 8601 (`begin =
+    2024-01-01T10:00:00` -> `--begin=2024-01-01T10:00:00`, where str() would put a space that ends the line's
+    value)."""
+    out = {}
+    for key, value in args.items():
+        if value is False:
+            continue
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"slurm.sbatch_args.{key}: expected a text, number, boolean, date or time, got "
+                              f"{value!r} (one #SBATCH --{key}=VALUE line per key)")
+        out[key] = "" if value is True else value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return out
+
+
 def build_executors(cfg: DedupConfig, layout: RunLayout, stages: list[Stage]) -> list[StageExecutor]:
     for tool in ("sbatch", "sinfo", "squeue"):
         if shutil.which(tool) is None:
@@ -90,7 +107,7 @@ def build_executors(cfg: DedupConfig, layout: RunLayout, stages: list[Stage]) ->
                 job_name=f"{s.job_name}-{stage.name}",
                 qos=s.qos or None,
                 env_command=env_command(cfg),
-                sbatch_args={k: str(v) for k, v in s.sbatch_args.items()},
+                sbatch_args=sbatch_directives(s.sbatch_args),
                 logging_dir=str(layout.stage_logs(i, stage.name)),
                 depends=executors[-1] if executors else None,
             )
