@@ -35,3 +35,25 @@ def test_fp32_master_weights_with_bf16_activations_take_the_fast_path():
         assert t.dtype == u.dtype
         err_tiled, err_untiled = (((a.float() - e).norm() / e.norm()).item() for a in (t, u))
         assert err_tiled < 1e-2 and err_tiled < 1.5 * err_untiled, (err_tiled, err_untiled)
+
+
+def test_bf16_weights_with_fp32_activations_sum_grads_in_the_weights_dtype():
+    """The reverse mix (cptrain's Linear casts bf16 weights up to fp32 activations): the fast path still
+    returns bf16 weight gradients, each tile's fp32 product rounded once into the bf16 sum."""
+    torch.manual_seed(4)
+    mlp = MLP(ModelArgs(dim=32, ffn_dim=96)).bfloat16()
+    for p in mlp.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(1, 40, 32)
+    assert _plain_swiglu_weights(mlp.swiglu, list(mlp.parameters()), x) is not None
+    results = []
+    for tiles in (1, 4):
+        mlp.num_tiles = tiles
+        mlp.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_()
+        out = mlp(leaf)
+        out.mul(torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out, leaf.grad, *(p.grad for p in mlp.parameters())])
+    for tiled, untiled in zip(results[1], results[0], strict=True):
+        assert tiled.dtype == untiled.dtype
+        assert ((tiled.float() - untiled.float()).norm() / untiled.float().norm()).item() < 1e-2

@@ -270,7 +270,8 @@ def _accumulate(buf: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) 
     if buf.dtype == a.dtype:
         torch.addmm(buf, a, b, beta=beta, out=buf)
         return
-    if buf.is_cuda and _MIXED_ADDMM != [False]:
+    low_precision = a.dtype in (torch.bfloat16, torch.float16)
+    if buf.is_cuda and buf.dtype == torch.float32 and low_precision and _MIXED_ADDMM != [False]:
         try:
             torch.addmm(buf, a, b, out_dtype=buf.dtype, out=buf)
             if not _MIXED_ADDMM:
@@ -280,4 +281,4 @@ def _accumulate(buf: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: int) 
             if _MIXED_ADDMM:  # it worked before: this failure is something else
                 raise
             _MIXED_ADDMM.append(False)
-    buf.add_(torch.mm(a, b))
+    buf.add_(torch.mm(a, b).to(buf.dtype))
