@@ -8,6 +8,12 @@ from tests.data.data_helpers import doc_text, write_jsonl
 
 
 @pytest.fixture
+def offline_datasets(monkeypatch):
+    """`datasets` never reaches the Hub: local files only (test modules opt in with usefixtures)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture
 def recipe(tmp_path, smollm_tokenizer):
     """A recipe with a jsonl source and a folder of txt files; model.path is the saved SmolLM2 tokenizer."""
     web = [doc_text("web", i) for i in range(60)]

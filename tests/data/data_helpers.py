@@ -51,6 +51,11 @@ def write_jsonl(path: Path, texts: list, field: str = "text") -> Path:
     return path
 
 
+def datasets_source(builder: str, files: list[str], **kw) -> dict:
+    """A `format = "datasets"` source named "hf" reading local `files` with the `builder` (json, parquet)."""
+    return {"name": "hf", "format": "datasets", "path": builder, "data_files": files, **kw}
+
+
 def input_stream(batches: list[dict]) -> torch.Tensor:
     """The token stream the rows were cut from (rows overlap by one token, so inputs tile it)."""
     return torch.cat([row for b in batches for row in b["input_ids"]])

@@ -15,7 +15,7 @@ import pytest
 
 from cptrain.data import DataError, build_train_loader
 from cptrain.data.sources import iter_documents, resolve_source
-from tests.data.data_helpers import data_config, doc_text
+from tests.data.data_helpers import data_config, datasets_source, doc_text
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -24,9 +24,7 @@ pytest.importorskip("datasets", reason="format = 'datasets' sources need the dat
 KW = {"seq_len": 40, "micro_batch_size": 2}
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_datasets")
 
 
 def _parquet(path: Path, columns: dict) -> str:
@@ -42,14 +40,7 @@ def _jsonl(path: Path, rows: list[dict]) -> str:
 
 
 def _source(builder: str, files: list[str], streaming: bool, **kw) -> dict:
-    return {
-        "name": "hf",
-        "format": "datasets",
-        "path": builder,
-        "data_files": files,
-        "streaming": streaming,
-        **kw,
-    }
+    return datasets_source(builder, files, streaming=streaming, **kw)
 
 
 def _parquet_files(tmp_path) -> tuple[str, str]:

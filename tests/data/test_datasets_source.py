@@ -17,9 +17,7 @@ from tests.data.data_helpers import data_config, doc_text, write_jsonl
 pytest.importorskip("datasets", reason="format = 'datasets' sources need the datasets package")
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_datasets")
 
 
 def _recipe(tmp_path, tokenizer, data_files: list[str]):

@@ -15,7 +15,7 @@ import pytest
 from cptrain.configtools import ConfigError
 from cptrain.data import DataError, build_train_loader
 from cptrain.data.checks import PREFLIGHT_ROWS
-from tests.data.data_helpers import data_config, doc_text, write_jsonl
+from tests.data.data_helpers import data_config, datasets_source, doc_text, write_jsonl
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -24,13 +24,7 @@ pytest.importorskip("datasets", reason="format = 'datasets' sources need the dat
 KW = {"seq_len": 40, "micro_batch_size": 2}
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-
-
-def _source(builder: str, files: list[str], **kw) -> dict:
-    return {"name": "hf", "format": "datasets", "path": builder, "data_files": files, **kw}
+pytestmark = pytest.mark.usefixtures("offline_datasets")
 
 
 def _body_files(tmp_path: Path, builder: str) -> list[str]:
@@ -55,7 +49,7 @@ def test_a_source_without_its_text_column_is_refused_when_the_loader_is_built(
     tmp_path, smollm_tokenizer, builder, streaming
 ):
     files = _body_files(tmp_path, builder)
-    cfg = data_config([_source(builder, files, streaming=streaming)], eval_fraction=0.0)
+    cfg = data_config([datasets_source(builder, files, streaming=streaming)], eval_fraction=0.0)
     fields = "['body']" if builder == "json" else "['body', 'id']"
     with pytest.raises(DataError) as refused:
         build_train_loader(cfg, smollm_tokenizer, **KW)
@@ -65,7 +59,7 @@ def test_a_source_without_its_text_column_is_refused_when_the_loader_is_built(
         "(set data.sources[0].text_field)"
     )
     # the column it names trains
-    cfg = data_config([_source(builder, files, streaming=streaming, text_field="body")], eval_fraction=0.0)
+    cfg = data_config([datasets_source(builder, files, streaming=streaming, text_field="body")], eval_fraction=0.0)
     assert next(build_train_loader(cfg, smollm_tokenizer, **KW))["input_ids"].shape == (2, 40)
 
 
@@ -75,7 +69,7 @@ def test_the_check_reads_only_the_first_rows(tmp_path, smollm_tokenizer):
     many = write_jsonl(
         tmp_path / "data" / "many.jsonl", [f"row {i}" for i in range(PREFLIGHT_ROWS + 500)], "body"
     )
-    cfg = data_config([_source("json", [str(many)], streaming=False)], eval_fraction=0.0)
+    cfg = data_config([datasets_source("json", [str(many)], streaming=False)], eval_fraction=0.0)
     with pytest.raises(
         DataError,
         match=rf"no usable text in column 'text' in the first {PREFLIGHT_ROWS} rows "
@@ -86,7 +80,7 @@ def test_the_check_reads_only_the_first_rows(tmp_path, smollm_tokenizer):
     good = write_jsonl(tmp_path / "data" / "good.jsonl", [doc_text("good", i) for i in range(5)])
     broken = tmp_path / "data" / "broken.jsonl"
     broken.write_text('{"text": "cut off')
-    cfg = data_config([_source("json", [str(good), str(broken)])], eval_fraction=0.0, shuffle_files=False)
+    cfg = data_config([datasets_source("json", [str(good), str(broken)])], eval_fraction=0.0, shuffle_files=False)
     loader = build_train_loader(cfg, smollm_tokenizer, **KW)
     with pytest.raises(ConfigError, match="datasets cannot read .*broken.jsonl"):
         for _ in range(10):
