@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cptrain.configtools import closest
 from cptrain.data.config import DataConfig
-from cptrain.data.readers import dataset_rows, read_rows, row_text
-from cptrain.data.sources import DataError, ResolvedSource, resolve_source
+from cptrain.data.readers import read_rows, row_text
+from cptrain.data.sources import DataError, ResolvedSource, resolve_source, source_dataset_rows
 
 PREFLIGHT_ROWS = 2000  # rows read per source, at most, to find one usable document
 
@@ -54,20 +54,9 @@ def checked_up_front(src: ResolvedSource) -> bool:
 
 
 def _rows(src: ResolvedSource, rel: str, fmt: str):
-    c = src.cfg
-    if fmt == "datasets":
-        # streamed whatever the source says: its first rows, not an Arrow cache of all of it
-        return dataset_rows(
-            c.path,
-            c.dataset_config,
-            c.split,
-            c.data_files,
-            True,
-            c.text_field,
-            source=src.name,
-            local_files=src.inputs,
-        )
-    return read_rows(src.path_of(rel), fmt, c.text_field, c.separator)
+    if fmt == "datasets":  # streamed whatever the source says: its first rows, not an Arrow cache of all of it
+        return source_dataset_rows(src, streaming=True)
+    return read_rows(src.path_of(rel), fmt, src.cfg.text_field, src.cfg.separator)
 
 
 def preflight(src: ResolvedSource, key: str) -> None:

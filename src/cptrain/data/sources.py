@@ -230,6 +230,13 @@ def file_order(src: ResolvedSource, seed: int, epoch: int, shuffle: bool) -> lis
     return order
 
 
+def source_dataset_rows(src: ResolvedSource, streaming: bool, skip: int = 0):
+    """The rows of a `datasets` source from row `skip` on, as `datasets.load_dataset` gives them."""
+    c = src.cfg
+    return dataset_rows(c.path, c.dataset_config, c.split, c.data_files, streaming, c.text_field, skip,
+                        source=src.name, local_files=src.inputs)
+
+
 def iter_documents(
     src: ResolvedSource,
     *,
@@ -258,17 +265,7 @@ def iter_documents(
             rel, fmt = src.files[ordinal]
             whole = fmt == "txt" and not c.separator  # one document per file: read only if ours
             if fmt == "datasets":
-                rows = dataset_rows(
-                    c.path,
-                    c.dataset_config,
-                    c.split,
-                    c.data_files,
-                    c.streaming,
-                    c.text_field,
-                    row,
-                    source=src.name,
-                    local_files=src.inputs,
-                )
+                rows = source_dataset_rows(src, c.streaming, row)
             elif whole:
                 rows = iter([Row(0, 1, -1, LAZY)] if row == 0 else [])
             else:
