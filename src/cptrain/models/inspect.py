@@ -24,29 +24,57 @@ def args_for(model: str) -> ModelArgs:
     return args_from_hf_config(load_hf_config(path))
 
 
+# Bytes per token that one block keeps for its backward when nothing is recomputed, as the compiled block
+# (torch.compile, FlashAttention 4, bf16) does: four bf16 tensors of the model width (block input, the
+# residual sum and the two norm outputs, some of which inductor recomputes instead), q and the attention
+# output (q width), k and v (kv width), and the MLP's gate and up projections. Measured
+# (benchmarks/results/2026-11-23-1xh100-activation-memory.md, one H100, 8K tokens, two depths per shape):
+# 61 / 86 / 102 KB per layer-token for llama3.2-1b / llama3.1-8b / qwen2.5-7b, where this gives 51 / 94 / 106.
+def _saved_per_token(args: ModelArgs) -> int:
+    q_width, kv_width = args.n_heads * args.head_size, args.n_kv_heads * args.head_size
+    return 2 * (2 * args.dim + 2 * q_width + 2 * kv_width) + _mlp_saved_per_token(args)
+
+
+def _mlp_saved_per_token(args: ModelArgs) -> int:
+    return 2 * 2 * args.ffn_dim  # gate and up, bf16
+
+
+def _backward_work_per_token(args: ModelArgs, tiles: int) -> int:
+    """What one block's backward adds while it runs: the MLP's three ffn-wide gradients (one tile's worth
+    when tiled) and two model-width gradients."""
+    return 2 * 3 * args.ffn_dim // tiles + 2 * 2 * args.dim
+
+
 def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dict[str, float]:
-    """GiB per GPU with no sharding: fp32 master params + fp32 grads + AdamW (2 x fp32) = 16 B/param;
-    activations for bf16 training without checkpointing (rough: ~34 x dim bytes per token per layer
-    plus the fp32 logits chunk); with full checkpointing only one block's activations stay live, and with
-    `model.tiled_mlp = "auto"` as well (when it tiles at this length) that block's [tokens, ffn] part is
-    gone too (1B at 128K on H100: 34.9 GiB estimated with the states, 33.4 GiB peak measured,
-    benchmarks/results/2026-11-23-1xh100-cptrain-speed-128k-tiled.md)."""
+    """GiB per GPU with no sharding. States: fp32 master params + fp32 grads + AdamW (2 x fp32) = 16 B/param,
+    or bf16 weights, grads and AdamW states (`precision.master_dtype = "bf16"`) = 8 B/param.
+
+    Activations of a bf16 step with compile on (the GPU setting): without checkpointing every block's saved
+    tensors (`_saved_per_token`), plus one block's backward working set and the [tokens, dim] tensors outside
+    the blocks; with full checkpointing each block keeps only its bf16 input and one block at a time holds
+    its saved tensors; with `model.tiled_mlp = "auto"` as well (when it tiles at this length) that block's
+    gate/up are gone and its backward works one tile at a time. The fused loss's logits chunk (at most ~0.5
+    GiB) lives only in the forward, when less is held. With the states, within 0.92-1.11x of the peaks measured on
+    one H100 or H200 (1B, 8B, Qwen-7B shapes at 8K; 1B at 128K with full checkpointing and auto tiling)."""
     from cptrain.ops.tiled_mlp import resolve_num_tiles
 
     n = count_parameters(args)["total"]
     tokens = seq_len * micro_batch_size
-    mlp = tokens * args.ffn_dim * 2 * 3
-    per_layer = tokens * args.dim * 34 + mlp
-    checkpoints = tokens * args.dim * 2 * args.n_layers
-    states = 16 * n
+    layers = args.n_layers
     tiles = resolve_num_tiles("auto", seq_len, args.dim, args.ffn_dim, micro_batch_size)
+    saved = tokens * _saved_per_token(args)
+    outside = tokens * 2 * 2 * args.dim  # the embedding output and the loss's d(hidden)
+    checkpoints = tokens * args.dim * 2 * layers
+    work = tokens * _backward_work_per_token(args, 1)
+    tiled = checkpoints + saved - tokens * _mlp_saved_per_token(args) + tokens * _backward_work_per_token(args, tiles)
     return {
         "weights_bf16": 2 * n / GIB,
-        "params_grads_adam_fp32": states / GIB,
-        "activations_no_ckpt": per_layer * args.n_layers / GIB,
-        "activations_full_ckpt": (per_layer + checkpoints) / GIB,
+        "params_grads_adam_fp32": 16 * n / GIB,
+        "params_grads_adam_bf16": 8 * n / GIB,
+        "activations_no_ckpt": (layers * saved + work + outside) / GIB,
+        "activations_full_ckpt": (checkpoints + saved + work + outside) / GIB,
         # None: auto does not tile at this length, so the line above already holds
-        "activations_full_ckpt_tiled": (per_layer - mlp + checkpoints) / GIB if tiles > 1 else None,
+        "activations_full_ckpt_tiled": (tiled + outside) / GIB if tiles > 1 else None,
     }
 
 
@@ -65,8 +93,9 @@ def describe_model(model: str, seq_len: int = 8192, micro_batch_size: int = 1) -
         f"vocab            {args.vocab_size}, embeddings {'tied' if args.tie_embeddings else 'untied'}",
         f"parameters       {counts['total']:,} ({counts['total'] / 1e9:.2f}B); "
         f"non-embedding {counts['non_embedding']:,} ({counts['non_embedding'] / 1e9:.2f}B)",
-        f"memory (GiB)     bf16 weights {mem['weights_bf16']:.1f}; fp32 params+grads+AdamW "
-        f"{mem['params_grads_adam_fp32']:.1f} (divide by the FSDP shard count)",
+        f"memory (GiB)     bf16 weights {mem['weights_bf16']:.1f}; params+grads+AdamW "
+        f"{mem['params_grads_adam_fp32']:.1f} fp32, {mem['params_grads_adam_bf16']:.1f} with "
+        "precision.master_dtype = \"bf16\" (divide by the FSDP shard count)",
         f"activations      seq {seq_len} x batch {micro_batch_size}: ~{mem['activations_no_ckpt']:.1f} GiB "
         f"without checkpointing, ~{mem['activations_full_ckpt']:.1f} GiB with full checkpointing",
     ]
