@@ -14,6 +14,7 @@ Writes benchmarks/results/<date>-<device>-kernels-attention.md and .json (and in
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -78,6 +79,9 @@ def time_fn(fn, q, k, v, grad, warmup: int, repeats: int) -> tuple[float, float]
 
 
 def variants(docs: torch.Tensor, kind: str, gqa: bool, settings: str = "all"):
+    if settings == "varlen":
+        yield from varlen_variants(docs)
+        return
     s = docs.shape[1]
     flat = docs[0]
 
@@ -125,8 +129,14 @@ def varlen_variants(docs: torch.Tensor):
     cu = cu_host.to(docs.device)
     longest = int((cu_host[1:] - cu_host[:-1]).max())
     if flash_available(docs.device):
-        yield "varlen fa4", (lambda q, k, v: varlen_attention(q, k, v, cu)), "thd"
-        yield "varlen fa4 (max len given)", (lambda q, k, v: varlen_attention(q, k, v, cu, longest)), "thd"
+        def fa4(max_len: int, expand: bool):
+            def run(q, k, v):  # the backward reads the variable when it runs, after this returns
+                os.environ["CPTRAIN_FA4_GQA_EXPAND"] = "1" if expand else "0"
+                return varlen_attention(q, k, v, cu, max_len)
+            return run
+        yield "varlen fa4", fa4(0, False), "thd"
+        yield "varlen fa4 (max len given)", fa4(longest, False), "thd"
+        yield "varlen fa4 (max len, GQA: k/v repeated per query head in bwd)", fa4(longest, True), "thd"
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
@@ -143,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--budget-s", type=float, default=300)
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS)
-    p.add_argument("--settings", choices=("all", "default"), default="all",
-                   help="default: FlexAttention with inductor's defaults only (no kernel_options sweep)")
+    p.add_argument("--settings", choices=("all", "default", "varlen"), default="all",
+                   help="default: FlexAttention with inductor's defaults only (no kernel_options sweep); "
+                        "varlen: the variable-length kernels only")
     ns = p.parse_args(argv)
     info = harness.device_info()
     dev = torch.device("cuda")
