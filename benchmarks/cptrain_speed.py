@@ -47,9 +47,6 @@ VARIANTS = [
      "eager sum of d(w) partials)"),
     ("new-mixtune", "new", "run", ["env:TORCHINDUCTOR_MIX_ORDER_REDUCTION_AUTOTUNE_SPLIT_SIZE=1"],
      "new with the mix-order reductions' split size autotuned (default: 16 rows, 512 partials summed eagerly)"),
-    ("new-gqa-expand", "new", "run", ["env:CPTRAIN_FA4_GQA_EXPAND=1"],
-     "new with FlashAttention 4's backward given k/v repeated per query head (no fp32 dK/dV accumulation)"),
-    ("new-gqa-expand-again", "new", "run", ["env:CPTRAIN_FA4_GQA_EXPAND=1"], "repeat of new-gqa-expand"),
     ("mid", "mid", "run", [], "an intermediate version (--mid-src), to attribute one change"),
 ]
 

@@ -14,7 +14,6 @@ Writes benchmarks/results/<date>-<device>-kernels-attention.md and .json (and in
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -129,14 +128,8 @@ def varlen_variants(docs: torch.Tensor):
     cu = cu_host.to(docs.device)
     longest = int((cu_host[1:] - cu_host[:-1]).max())
     if flash_available(docs.device):
-        def fa4(max_len: int, expand: bool):
-            def run(q, k, v):  # the backward reads the variable when it runs, after this returns
-                os.environ["CPTRAIN_FA4_GQA_EXPAND"] = "1" if expand else "0"
-                return varlen_attention(q, k, v, cu, max_len)
-            return run
-        yield "varlen fa4", fa4(0, False), "thd"
-        yield "varlen fa4 (max len given)", fa4(longest, False), "thd"
-        yield "varlen fa4 (max len, GQA: k/v repeated per query head in bwd)", fa4(longest, True), "thd"
+        yield "varlen fa4", (lambda q, k, v: varlen_attention(q, k, v, cu)), "thd"
+        yield "varlen fa4 (max len given)", (lambda q, k, v: varlen_attention(q, k, v, cu, longest)), "thd"
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:

@@ -131,16 +131,9 @@ def varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
                          lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if flash_supports(q.device, q.dtype, q.shape[-1]):
-        rep = q.shape[1] // k.shape[1]
-        expand = rep > 1 and os.environ.get("CPTRAIN_FA4_GQA_EXPAND", "0") == "1"
-        if expand:  # experiment: each query head its own copy of k/v, so no fp32 dK/dV accumulation
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         dq, dk, dv = _flash()._flash_attn_bwd(
             q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
             max_seqlen_q=max_seqlen or None, max_seqlen_k=max_seqlen or None)
-        if expand:
-            t, hq, d = dk.shape
-            dk, dv = (g.view(t, hq // rep, rep, d).sum(2, dtype=torch.float32).to(q.dtype) for g in (dk, dv))
         return dq, dk, dv
     return _reference_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
 
