@@ -87,6 +87,19 @@ def test_help_lists_every_key_as_a_flag():
     assert set(flags) <= set(keys)
 
 
+def test_help_shows_sbatch_args_as_the_table_it_takes():
+    assert "  --slurm.sbatch_args {KEY = VALUE, ...}\n" in help_text()
+    assert "<CLASS" not in help_text()
+    # the flag takes that form, or one key at a time; anything else names the key
+    _, overrides, _ = parse_argv(
+        ["--slurm.sbatch_args", '{account = "proj", exclusive = true}', "--slurm.sbatch_args.qos", "high"]
+    )
+    cfg = load_dedup_config(None, [*BASE, *overrides])
+    assert cfg.slurm.sbatch_args == {"account": "proj", "exclusive": True, "qos": "high"}
+    with pytest.raises(ConfigError, match=r"slurm\.sbatch_args: expected a table, got 'account=proj'"):
+        load_dedup_config(None, [*BASE, *parse_argv(["--slurm.sbatch_args", "account=proj"])[1]])
+
+
 def test_flags_become_overrides():
     path, overrides, dry = parse_argv(
         [

@@ -46,8 +46,8 @@ def _type_label(tp: typing.Any) -> str:
         return "{" + ",".join(str(a) for a in args) + "}"
     if origin is list:
         return "PATH [...]"
-    if origin is dict:
-        return "TABLE"
+    if origin is dict:  # the inline TOML table the flag takes; one key also works: --a.b.KEY VALUE
+        return "{KEY = VALUE, ...}"
     if type(None) in args:
         return _type_label(next(a for a in args if a is not type(None)))
     return {bool: "BOOL", int: "INT", float: "FLOAT", str: "TEXT"}.get(tp, str(tp).upper())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from cptrain.configtools import ConfigError, apply_overrides, from_dict, load_toml, override_for, require
 from cptrain.data.dedup_lsh import DEFAULT_BANDS, DEFAULT_ROWS, choose_bands_rows
@@ -23,11 +23,15 @@ def _key(default, help: str, **kw):
 @dataclass
 class InputConfig:
     paths: list[str] = _key(  # noqa: RUF009 - _key returns a dataclasses.field
-        list, "files, folders (read recursively) or globs of jsonl[.gz] / parquet files"
+        list, "files, folders (read recursively) or globs of jsonl[.gz|.zst] / parquet files"
     )
     format: Literal["auto", "jsonl", "parquet"] = _key("auto", "auto picks by file extension")
     text_field: str = _key("text", "field holding the document text")
-    id_field: str = _key("id", "field holding a document id (default id: file path + line number)")
+    id_field: str = _key(
+        "id",
+        "field holding a document id (default id: <file>:N, N the 1-based line number in a jsonl file "
+        "or the 0-based row index in a parquet file)",
+    )
 
     def validate(self, prefix: str) -> None:
         require(len(self.paths) > 0, f"{prefix}.paths", self.paths, "at least one file, folder or glob")
@@ -156,7 +160,9 @@ class SlurmConfig:
     qos: str = _key("", "quality of service (empty: cluster default)")
     job_name: str = _key("cptrain-dedup", "prefix of the job names; each stage appends its name")
     env_command: str = _key("", "shell line that activates the environment (empty: this Python's venv)")
-    sbatch_args: dict = _key(  # noqa: RUF009 - _key returns a dataclasses.field
+    # dict[str, Any], not a bare dict: the config reader checks a parameterized dict is a table
+    # (a bare one took `account=proj` as a string), and --help shows it as one
+    sbatch_args: dict[str, Any] = _key(  # noqa: RUF009 - _key returns a dataclasses.field
         dict, 'extra #SBATCH options as a table, e.g. {account = "proj"}'
     )
     wait: bool = _key(True, "block until all stages finished and print the report (false: submit and exit)")

@@ -29,6 +29,10 @@ from datatrove.utils.logging import logger
 # errors that mean "this file is damaged", as opposed to a bug in the pipeline
 _DAMAGED = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError)
 MAX_FIELDS_NOTED = 50  # field names kept per file to suggest a text_field; rows can be wide
+# Windows editors and some exporters start a file with one; it is not part of the row, and orjson
+# refuses a line that starts with it. Dropped from every line, as the training reader does (a file
+# made by concatenating such files has one at the start of each part).
+BOM = "\ufeff".encode()
 
 
 def input_format(path: str, fmt: str) -> str:
@@ -36,6 +40,33 @@ def input_format(path: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     return "parquet" if path.endswith(".parquet") else "jsonl"
+
+
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    """_DAMAGED plus zstandard's error for a corrupt .zst frame, which subclasses none of them
+    (zstandard is only there when someone reads .zst files)."""
+    try:
+        from zstandard import ZstdError
+    except ImportError:
+        return _DAMAGED
+    return (*_DAMAGED, ZstdError)
+
+
+def _jsonl_lines(path: str) -> Iterator[bytes]:
+    """The lines of a jsonl file, decompressed by extension.
+
+    .zst goes through the training reader's frame-by-frame decoder: the zstandard stream fsspec opens
+    cannot be iterated line by line (io.UnsupportedOperation), and it returns a short read rather than
+    an error for a cut-off file. The decoder raises EOFError there instead."""
+    if path.endswith(".zst"):
+        from cptrain.data.readers import zstd_lines
+
+        yield from zstd_lines(Path(path))
+        return
+    import fsspec
+
+    with fsspec.open(path, "rb", compression="infer") as f:
+        yield from f
 
 
 class CorpusReader(BaseReader):
@@ -52,29 +83,31 @@ class CorpusReader(BaseReader):
         self.problems_dir = problems_dir
         self.notes_dir = notes_dir
 
-    def _rows(self, path: str, note: dict) -> Iterator[dict]:
+    def _rows(self, path: str, note: dict) -> Iterator[tuple[int, dict]]:
+        """(where the row is in the file, row) for each row: the 0-based row index for parquet, the
+        1-based line number for jsonl. Every line counts, blank and unparsable ones too, so a default
+        id made from it points at the row even after a bad line."""
         if input_format(path, self.fmt) == "parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-                yield from batch.to_pylist()
+            batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+            yield from enumerate(row for batch in batches for row in batch.to_pylist())
             return
-        import fsspec
         import orjson
 
-        with fsspec.open(path, "rb", compression="infer") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    row = None
-                if isinstance(row, dict):
-                    yield row
-                else:
-                    self.stat_update("bad_json_lines")
-                    note["bad_json_lines"] += 1
+        for line_no, line in enumerate(_jsonl_lines(path), 1):
+            line = line.removeprefix(BOM)
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                yield line_no, row
+            else:
+                self.stat_update("bad_json_lines")
+                note["bad_json_lines"] += 1
 
     def _without_text(self, fields: list | None, note: dict) -> None:
         """Count a row without usable text; `fields`: the row's fields when it lacks the text field."""
@@ -93,16 +126,17 @@ class CorpusReader(BaseReader):
             note = {"file": path, "without_text": 0, "missing_field": 0, "bad_json_lines": 0, "fields": []}
             n = 0
             try:
-                for n, row in enumerate(self._rows(path, note), 1):
+                for where, row in self._rows(path, note):
+                    n += 1
                     fields = None if self.text_key in row else list(row)  # before the adapter pops them
                     with self.track_time():
-                        doc = self.get_document_from_dict(row, path, n - 1)
+                        doc = self.get_document_from_dict(row, path, where)
                     if doc is None:
                         self._without_text(fields, note)
                         continue
                     self.update_doc_stats(doc)
                     yield doc
-            except _DAMAGED as e:
+            except _damage_errors() as e:
                 # keep what was read before the damage; count the file, name it in the report
                 self.stat_update("damaged_files")
                 problems.append({"file": path, "rows_read": n, "error": f"{type(e).__name__}: {e}"})

@@ -132,7 +132,7 @@ def decompress_frames(chunks: Iterator[bytes], fmt: str) -> Iterator[tuple[bytes
             yield data, open_frame
 
 
-def _zstd_lines(path: Path) -> Iterator[bytes]:
+def zstd_lines(path: Path) -> Iterator[bytes]:
     """Lines of a .zst file (any number of frames); a stream that stops inside a frame raises EOFError.
 
     zstandard's stream reader returns a short read, not an error, for a cut-off file, so frames are
@@ -157,7 +157,7 @@ def _line_rows(path: Path, fmt: str, start_row: int, start_offset: int) -> Itera
     plain = fmt == "jsonl"
     with contextlib.ExitStack() as stack:
         if fmt == "jsonl.zst":
-            lines = _zstd_lines(path)
+            lines = zstd_lines(path)
         else:
             opened = gzip.open(path, "rb") if fmt == "jsonl.gz" else path.open("rb")  # noqa: SIM115
             f = stack.enter_context(opened)
