@@ -32,11 +32,14 @@ def test_impossible_values():
 
 
 def test_heads_not_divisible_names_fields():
-    from cptrain.models.build import model_args
+    """Refused when the config loads (overrides on a preset), and again by the model build for any shape."""
+    from cptrain.models.presets import ModelArgs
 
-    cfg = load_config(None, [*BASE, "model.overrides={n_heads=6, n_kv_heads=4}"])
+    with pytest.raises(ConfigError, match="model.overrides.n_heads = 6 is not allowed: n_heads=6 must be "
+                                          "divisible by n_kv_heads=4"):
+        load_config(None, [*BASE, "model.overrides={n_heads=6, n_kv_heads=4}"])
     with pytest.raises(ConfigError, match="n_heads=6 must be divisible by n_kv_heads=4"):
-        model_args(cfg.model)
+        ModelArgs(n_heads=6, n_kv_heads=4).check()
 
 
 def test_pretrained_needs_path():

@@ -157,6 +157,18 @@ def test_tiled_mlp_tile_count_from_toml_and_override(tmp_path):
     assert "model.tiled_mlp: expected str or int, got True" in err("model.tiled_mlp=true")
 
 
+def test_a_literal_or_bool_key_says_which_values_it_takes(tmp_path, capsys):
+    """A Literal in a union is named by its values and a bool by true and false, as TOML writes them (this
+    used to say "expected Literal or bool")."""
+    msg = dry_run_error(capsys, "recipes/tiny-cpu.toml", "data.add_bos=yes")
+    assert ("command-line override 'data.add_bos=yes': data.add_bos: expected 'auto', true or false, "
+            "got 'yes' (str)") in msg
+    with pytest.raises(ConfigError, match=r"r\.toml: data\.add_bos: expected 'auto', true or false, got 1 "):
+        load_config(recipe(tmp_path, MODEL + SOURCES + "[data]\nadd_bos = 1\n"))
+    for ok in ("'auto'", "true", "false"):
+        load_config(None, [*BASE, f"data.add_bos={ok}"])
+
+
 def test_an_override_can_address_one_list_entry(tmp_path):
     """`data.sources[1].weight=3` changes only that source; a wrong index or a dotted index says how to
     address an entry."""
@@ -260,6 +272,16 @@ def test_schedules_without_an_overlap_are_not_warned(overrides, caplog):
     with caplog.at_level(logging.WARNING, logger="cptrain.config"):
         load_config(None, [*BASE, "train.steps=100", *overrides])
     assert "overlaps" not in caplog.text
+
+
+@pytest.mark.parametrize("steps", [2, 8])
+def test_a_wsd_warmup_as_long_as_the_run_is_warned(steps, caplog):
+    """The warmup wins while it lasts: ending with the run, it leaves the (now never empty) decay no step."""
+    with caplog.at_level(logging.WARNING, logger="cptrain.config"):
+        load_config(None, [*BASE, f"train.steps={steps}", f"schedule.warmup_steps={steps}"])
+    assert (f"schedule.warmup_steps = {steps} lasts all train.steps = {steps}: the learning rate peaks on the "
+            "last step and the WSD decay (schedule.decay_fraction = 0.2, the last ") in caplog.text
+    assert "never runs, so the run does not end at schedule.min_lr_ratio" in caplog.text
 
 
 def test_only_the_first_rank_warns(monkeypatch, caplog):

@@ -49,3 +49,37 @@ def test_cosine_and_constant():
     assert lr_multiplier(0, cfg, 101) == pytest.approx(1.0)
     assert lr_multiplier(50, cfg, 101) == pytest.approx(0.5)
     assert lr_multiplier(7, ScheduleConfig(name="constant"), 10) == 1.0
+
+
+@pytest.mark.parametrize("total", [2, 3, 4])
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_short_wsd_runs_end_at_min_lr_ratio(total, warmup):
+    """decay_fraction 0.2 of 2 steps rounds to 0: the decay still takes the last step, after any warmup
+    that ends before it (a warmup lasting the whole run is warned about by the config instead)."""
+    cfg = wsd(warmup_steps=warmup, min_lr_ratio=0.1)
+    if warmup < total:
+        assert lr_multiplier(total - 1, cfg, total) == pytest.approx(0.1)
+    assert cfg.wsd_decay_steps(total) == 1
+    if total - 1 > warmup:  # a step between warmup and the last one stays at the peak
+        assert lr_multiplier(total - 2, cfg, total) == 1.0
+
+
+def test_no_wsd_decay_when_asked_for_none():
+    assert lr_multiplier(1, wsd(decay_fraction=0.0), 2) == 1.0
+    assert lr_multiplier(1, wsd(decay_steps=0), 2) == 1.0
+
+
+def test_short_run_through_the_config_ends_at_min_lr_ratio():
+    """What the trainer reads: the loaded config of a 2-step run with the default decay_fraction."""
+    from cptrain.config import load_config
+
+    cfg = load_config(None, ["model.preset=debug", "model.init=random", "model.tokenizer=tok",
+                             "train.steps=2", "schedule.min_lr_ratio=0.1"])
+    assert [lr_multiplier(s, cfg.schedule, 2) for s in range(2)] == [1.0, pytest.approx(0.1)]
+
+
+def test_a_one_step_wsd_run_trains_at_the_peak():
+    """A one-step run is a smoke test: its only step at min_lr_ratio (0 by default) would train nothing."""
+    cfg = wsd(min_lr_ratio=0.0)
+    assert cfg.wsd_decay_steps(1) == 0
+    assert lr_multiplier(0, cfg, 1) == 1.0

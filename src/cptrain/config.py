@@ -77,12 +77,22 @@ class ModelConfig:
                               f"{prefix}.tokenizer")
 
     def _check_overrides(self, prefix: str) -> None:
-        """Names and types of `overrides` against ModelArgs now, not after the run folder is written; the
-        shape rules between fields (heads vs kv heads...) wait for the full shape in models/build.py."""
-        from cptrain.models.presets import ModelArgs
+        """Names, types and shape rules (heads vs kv heads, rope_scaling...) of `overrides` now, so that
+        --dry-run refuses them, not the model build once the run has started. On a preset the whole shape is
+        known; a `model.path` shape is read from its config.json at run time (models/build.py checks it
+        then), so here only the rules that read overridden fields alone apply."""
+        from cptrain.models.presets import ModelArgs, get_preset
 
         args = from_dict(ModelArgs, self.overrides, f"{prefix}.overrides")
         self.overrides = {name: getattr(args, name) for name in self.overrides}
+        if self.path is None:
+            args = get_preset(self.preset).replace(**self.overrides)
+        for fields_read, why in args.broken_rules():
+            blamed = [name for name in fields_read if name in self.overrides]
+            if self.path is None or len(blamed) == len(fields_read):
+                key = f"{prefix}.overrides.{blamed[0]}" if blamed else f"{prefix}.preset"
+                value = self.overrides[blamed[0]] if blamed else self.preset
+                raise ConfigError(f"{key} = {value!r} is not allowed: {why}", key)
 
     @property
     def tokenizer_source(self) -> str:
@@ -153,10 +163,13 @@ class ScheduleConfig:
 
     def wsd_decay_steps(self, total_steps: int) -> int:
         """Length of the WSD decay in a run of `total_steps` (here, not in schedule.py, so that config
-        checks can use it without importing torch)."""
+        checks can use it without importing torch). A decay_fraction > 0 decays over one step at least:
+        rounded to 0 (0.2 of 2-4 steps) the last step would stay at the peak, not reach min_lr_ratio. A
+        one-step run (a smoke test) keeps its step at the peak instead of training it at min_lr_ratio."""
         if self.decay_steps is not None:
             return min(self.decay_steps, total_steps)
-        return int(round(self.decay_fraction * total_steps))
+        steps = int(round(self.decay_fraction * total_steps))
+        return max(1, steps) if self.decay_fraction > 0 and total_steps > 1 else steps
 
     def overlap_warning(self, total_steps: int) -> str | None:
         """Why a WSD warmup that runs into the decay is likely a mistake, or None. The warmup wins while it
@@ -169,6 +182,11 @@ class ScheduleConfig:
             return None
         given = (f"schedule.decay_steps = {self.decay_steps}" if self.decay_steps is not None
                  else f"schedule.decay_fraction = {self.decay_fraction:g}")
+        if self.warmup_steps == total_steps:  # the warmup's last step is the run's: no decay step is left
+            return (f"schedule.warmup_steps = {self.warmup_steps} lasts all train.steps = {total_steps}: the "
+                    f"learning rate peaks on the last step and the WSD decay ({given}, the last {n_decay} "
+                    "steps) never runs, so the run does not end at schedule.min_lr_ratio; keep warmup_steps + "
+                    "decay steps <= train.steps")
         return (f"schedule.warmup_steps = {self.warmup_steps} overlaps the WSD decay: with train.steps = "
                 f"{total_steps} the decay ({given}) takes the last {n_decay} steps, from step "
                 f"{total_steps - n_decay}, so the learning rate drops from the warmup's peak into the middle "

@@ -39,6 +39,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _union_member(tp: Any) -> list[str]:
+    """How a member of a union is named in "expected ...": a Literal by its values and bool by true and false,
+    as they are written in TOML (`Literal["auto"] | bool` reads 'auto', true or false), else by its type."""
+    if typing.get_origin(tp) is typing.Literal:
+        return [_toml_value(a) for a in typing.get_args(tp)]
+    if tp is bool:
+        return ["true", "false"]
+    return [_type_name(tp)]
+
+
+def _toml_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; allow int -> float and str paths."""
     origin = typing.get_origin(tp)
@@ -56,7 +74,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        allowed = " or ".join(_type_name(a) for a in args if a is not type(None))
+        allowed = _one_of([name for a in args if a is not type(None) for name in _union_member(a)])
         raise ConfigError(f"{key}: expected {allowed}, got {value!r} ({type(value).__name__})", key)
     if origin is typing.Literal:
         if value not in args:

@@ -35,7 +35,8 @@ def lr_multiplier(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
         span = max(1, total_steps - cfg.warmup_steps - 1)  # the last step reaches the floor
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         return floor + (1 - floor) * _decay_shape(progress, "cosine")
-    # wsd: warmup, stable at peak, then decay over the last `decay_steps` steps down to min_lr_ratio
+    # wsd: warmup, stable at peak, then decay over the last `decay_steps` steps down to min_lr_ratio (one
+    # step at least for a decay_fraction > 0: ScheduleConfig.wsd_decay_steps)
     n_decay = cfg.wsd_decay_steps(total_steps)
     decay_start = total_steps - n_decay
     if step < decay_start or n_decay == 0:
