@@ -83,3 +83,11 @@ def test_a_one_step_wsd_run_trains_at_the_peak():
     cfg = wsd(min_lr_ratio=0.0)
     assert cfg.wsd_decay_steps(1) == 0
     assert lr_multiplier(0, cfg, 1) == 1.0
+
+
+@pytest.mark.parametrize("total, warmup", [(2, 1), (3, 2), (2, 0)])
+def test_cosine_runs_end_at_min_lr_ratio_one_step_after_warmup_too(total, warmup):
+    """With a single step after the warmup, that step was the cosine's start (the peak); it is the last step."""
+    cfg = ScheduleConfig(name="cosine", warmup_steps=warmup, min_lr_ratio=0.1)
+    assert lr_multiplier(total - 1, cfg, total) == pytest.approx(0.1)
+    assert lr_multiplier(0, ScheduleConfig(name="cosine", min_lr_ratio=0.1), 1) == 1.0

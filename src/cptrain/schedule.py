@@ -32,7 +32,9 @@ def lr_multiplier(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
     if cfg.name == "constant":
         return 1.0
     if cfg.name == "cosine":
-        span = max(1, total_steps - cfg.warmup_steps - 1)  # the last step reaches the floor
+        span = total_steps - cfg.warmup_steps - 1  # the last step reaches the floor
+        if span <= 0:  # one step after the warmup: the floor, unless it is a one-step run (as for WSD)
+            return 1.0 if total_steps <= 1 else floor
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         return floor + (1 - floor) * _decay_shape(progress, "cosine")
     # wsd: warmup, stable at peak, then decay over the last `decay_steps` steps down to min_lr_ratio (one
