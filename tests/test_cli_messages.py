@@ -156,3 +156,15 @@ def test_a_broken_pipe_elsewhere_is_still_reported():
             "sys.exit(cli.main(['inspect-model', 'debug']))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" in run.stderr and "worker pipe" in run.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "inspect-data", "tokenize"])
+def test_a_binary_file_or_a_folder_as_the_recipe_is_one_line(command, tmp_path, capsys):
+    """A model file (or a .gz) given where the recipe goes used to end in a UnicodeDecodeError traceback, and a
+    folder was "config file not found" although it exists."""
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(b"\xc8\x01\x00\x00\xff\xfe" * 8)
+    assert main([command, str(binary)]) == 2
+    assert "not a TOML recipe (not UTF-8 text)" in capsys.readouterr().err
+    assert main([command, str(tmp_path)]) == 2
+    assert "is a directory, not a recipe" in capsys.readouterr().err

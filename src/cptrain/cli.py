@@ -23,8 +23,28 @@ def _run(ns: argparse.Namespace) -> int:
         return 0
     from cptrain.train import run
 
-    run(cfg)
+    try:
+        run(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, but where the work stands
+        if (os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0") == "0":
+            print(f"cptrain: interrupted; {_resume_point(cfg)}", file=sys.stderr, flush=True)
+        return 130
     return 0
+
+
+def _resume_point(cfg) -> str:
+    """What a relaunch of an interrupted run starts from: its newest committed checkpoint, or step 0. Steps after
+    that checkpoint are lost; SIGTERM (SLURM's pre-emption signal) saves one before exiting instead."""
+    from pathlib import Path
+
+    from cptrain.checkpoint import committed_steps
+
+    run_dir = Path(cfg.train.run_dir)
+    steps = committed_steps(run_dir / "checkpoints")
+    where = (f"the newest committed checkpoint is {steps[-1]}, which the same command resumes from" if steps else
+             f"{run_dir} holds no committed checkpoint, so the same command starts over from step 0")
+    return (f"{where}; the steps trained after it are lost (to stop with a checkpoint, send SIGTERM instead: "
+            "`kill PID` saves and exits)")
 
 
 def _export(ns: argparse.Namespace) -> int:

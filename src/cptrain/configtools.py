@@ -333,6 +333,8 @@ def _within(inner: str, outer: str) -> bool:
 
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a recipe: give the path of a .toml file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -340,6 +342,8 @@ def load_toml(path: str | Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:  # a model, archive or other binary file given as the recipe
+        raise ConfigError(f"{path}: not a TOML recipe (not UTF-8 text); give the path of a .toml file") from None
 
 
 def require(cond: bool, key: str, value: Any, allowed: str) -> None:

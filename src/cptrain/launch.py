@@ -33,7 +33,42 @@ def already_done(step_dir: Path, run_dir: Path, cfg: Config) -> dict | None:
     if dist.get_rank() == 0:
         print(f"run already complete: {step_dir} is at step {at} of train.steps = {cfg.train.steps}; nothing to "
               "do (raise train.steps to train on)", flush=True)
+        changed = changed_settings(run_dir / "config.resolved.toml", cfg)
+        if changed:
+            print(f"note: this launch's settings differ from the completed run's ({changed}) and were not used; "
+                  "to train with them, use a new train.run_dir", flush=True)
     return {"complete_at": at}
+
+
+def changed_settings(resolved: Path, cfg: Config, show: int = 6) -> str:
+    """The keys whose values differ between a run folder's config.resolved.toml and `cfg`, as `key: old -> new`
+    ('' when they agree or the file is missing or unreadable)."""
+    import tomllib
+
+    from cptrain.configtools import to_dict
+
+    try:
+        before = _flat(tomllib.loads(resolved.read_text()))
+    except (OSError, ValueError):
+        return ""
+    now = _flat(to_dict(cfg))
+    diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
+            if before.get(k) != now.get(k)]
+    more = len(diff) - show
+    return "; ".join(diff[:show] + ([f"and {more} more"] if more > 0 else []))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "overrides" and k != "weights":
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):  # data.sources, data.stages
+            for i, x in enumerate(v):
+                out.update(_flat(x, f"{prefix}{k}[{i}]."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def rank_state_plan(step_dir: Path | None, cfg: Config, world_size: int) -> tuple[bool, str]:

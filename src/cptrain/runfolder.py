@@ -118,6 +118,7 @@ def step_metrics(out: dict, micro: list[dict], dt: float, t_data: float, dp: int
         "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / dp,
         "label_tokens": out["tokens"], "step_time_s": dt, "data_wait_frac": t_data / dt,
         "peak_mem_gib": peak_memory_gib(device), "skipped": out["skipped"],
+        "nonfinite": out.get("nonfinite", False), "tokens_seen": out.get("tokens_seen"),
     }
     if device.type == "cuda":
         try:

@@ -60,6 +60,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.skipped_steps = 0
+        self.nonfinite_steps = 0  # steps of this launch whose loss or gradient norm was NaN/inf
 
     def train_step(self, micro_batches: list[dict]) -> dict:
         """One optimizer step over this rank's micro-batches; returns global loss and token counts."""
@@ -189,11 +190,16 @@ class Trainer:
             pending.end.synchronize()
         loss, grad_norm, finite, tokens, stop = pending.stats.tolist() + list(pending.host_tail)
         finite, tokens = bool(finite), int(tokens)
-        if not finite and self.cfg.train.skip_nan_steps:
+        # skipped: the optimizer left the weights alone; with train.skip_nan_steps = false a non-finite step is
+        # applied (the weights take its NaN/inf), so it is not skipped, only non-finite
+        skipped = not finite and self.cfg.train.skip_nan_steps
+        if not finite:
+            self.nonfinite_steps += 1
+        if skipped:
             self.skipped_steps += 1
         self.tokens_seen += tokens
-        return {"loss": loss, "grad_norm": grad_norm, "lr": pending.lr, "tokens": tokens, "skipped": not finite,
-                "stop": stop > 0}
+        return {"loss": loss, "grad_norm": grad_norm, "lr": pending.lr, "tokens": tokens, "skipped": skipped,
+                "nonfinite": not finite, "tokens_seen": self.tokens_seen, "stop": stop > 0}
 
 
 @dataclass
@@ -207,6 +213,30 @@ class InFlight:
     t_launched: float  # host clock when launch_step returned
     fetch_s: float  # host seconds fetching the next step's batches after launching it
     overlapped: bool  # launched while the step before was still running
+
+
+def repeated_sources(data_report: dict, already: set[str] | None = None) -> list[str]:
+    """Sources of this rank's stream that ran out of training documents and started over (a corpus smaller than
+    the run): one phrase each, `'name' read N times over`, skipping the names in `already` (then added to it)."""
+    out = []
+    for name, stats in data_report.get("sources", {}).items():
+        epochs = int(stats.get("epochs_started", 0))
+        if epochs > 1 and (already is None or name not in already):
+            out.append(f"{name!r} read {epochs} times over")
+            if already is not None:
+                already.add(name)
+    return out
+
+
+def warn_nonfinite(log, step: int, out: dict, count: int, skip: bool) -> None:
+    """A console line for a step whose loss or gradient norm is NaN/inf, whatever logging.every_steps: the 1st,
+    2nd, 4th, 8th... of a launch (a run that stays non-finite does not flood the console)."""
+    if count & (count - 1):
+        return
+    what = ("the update was skipped (train.skip_nan_steps)" if skip else
+            "the update was applied (train.skip_nan_steps = false): the weights now hold NaN/inf")
+    log.info(f"warning: step {step}: non-finite loss or gradient norm (loss {out['loss']:.4g}, grad norm "
+             f"{out['grad_norm']:.4g}); {what}; {count} such step(s) in this launch so far")
 
 
 def model_uses_varlen(model, device: torch.device) -> bool:
@@ -312,6 +342,16 @@ def _run(cfg: Config, env) -> dict:
         trainer.step, trainer.tokens_seen = state["step"], state.get("tokens_seen", 0)
         restore_schedule(trainer, trainer.step)
         log.info(f"resumed from {resume_from} at step {trainer.step}")
+        asked = cfg.checkpoint.resume
+        own = (folder.path / "checkpoints").resolve()
+        if (asked not in ("auto", "never") and Path(asked).resolve().parent == own
+                and Path(asked).resolve() != resume_from.resolve()):
+            # a rewind to one of the run's own steps (after a loss spike) lands on its newest step instead; a
+            # branch from another run folder, requeued, going on from its own newest step is meant
+            log.info(f"warning: checkpoint.resume = {asked!r} was not used: a path is only the starting point of a "
+                     f"run folder without checkpoints of its own, and this run's newest is {resume_from.name}. To "
+                     "rewind this run, move its later step folders out of checkpoints/ (or branch into a new "
+                     "train.run_dir)")
     folder.write_metadata(cfg, args, tokenizer)
 
     if cfg.schedule.warmup_steps > cfg.train.steps:
@@ -365,12 +405,15 @@ def _run(cfg: Config, env) -> dict:
             values = step_metrics(out, f.micro, dt, t_data, dp, args, env.device)
             log.log(f.pending.step, values)
             log.progress(f.pending.step, values)
+        if out["nonfinite"]:
+            warn_nonfinite(log, f.pending.step, out, trainer.nonfinite_steps, cfg.train.skip_nan_steps)
         return out
 
     started = time.perf_counter()
     inflight: InFlight | None = None
     stopping = False
     saved_at = None  # the step of this launch's last checkpoint
+    warned_repeats: set[str] = set()  # sources already said to repeat
     prev_end = None
     while inflight is not None or (trainer.step < cfg.train.steps and not stopping):
         launched = None
@@ -401,6 +444,10 @@ def _run(cfg: Config, env) -> dict:
         if stopping or (every_ckpt and step % every_ckpt == 0 and step < cfg.train.steps):
             folder.save_checkpoint(trainer, feed, cfg.checkpoint.keep_latest_k)
             saved_at = step
+            repeats = repeated_sources(feed.report(), warned_repeats)  # at rest: early word of a small corpus
+            if repeats:
+                log.info(f"warning: at step {step} the training data repeats: {', '.join(repeats)} so far (sources "
+                         "smaller than the run start over; report/data.json has the counts)")
             if stopping and step < cfg.train.steps:
                 log.info(f"stop requested: checkpoint saved at step {trainer.step}, exiting")
                 return {"stopped_at": trainer.step}
@@ -414,7 +461,16 @@ def _run(cfg: Config, env) -> dict:
     if cfg.train.export_hf:
         folder.export(model, args, tokenizer)
     summary.update(steps=trainer.step, train_seconds=round(train_seconds, 1), skipped_steps=trainer.skipped_steps,
-                   tokens_seen=trainer.tokens_seen, data_report=feed.report())
+                   nonfinite_steps=trainer.nonfinite_steps, tokens_seen=trainer.tokens_seen, data_report=feed.report())
+    repeats = repeated_sources(summary["data_report"] or {})
+    if repeats:
+        log.info(f"warning: the training data repeated: {', '.join(repeats)} (epochs of this run's stream on this "
+                 "rank; more data, fewer train.steps or a lower weight avoids it; report/data.json has the counts)")
+    if trainer.nonfinite_steps:
+        what = ("skipped: the weights are those of the last finite step" if cfg.train.skip_nan_steps else
+                "applied (train.skip_nan_steps = false): the weights and checkpoints since hold NaN/inf")
+        log.info(f"warning: {trainer.nonfinite_steps} step(s) of this launch had a non-finite loss or gradient "
+                 f"norm and were {what}; see 'nonfinite' in metrics.jsonl (a lower optim.lr or warmup may help)")
     folder.write_summary(summary)
     if summary["before"] is not None:
         log.info(f"held-out loss {summary['before']['loss']:.4f} -> {summary['after']['loss']:.4f} "

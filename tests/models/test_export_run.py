@@ -121,3 +121,17 @@ def test_bad_paths_are_one_line_errors(run_dir, tmp_path, capsys, source, out, e
         (run_dir / "checkpoints" / "step-9").rmdir()
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"cptrain: error: {expected.format(**fill)}") and "\n" not in err, err
+
+
+def test_exported_weights_are_as_readable_as_the_config(run_dir, tmp_path):
+    """safetensors 0.8 writes model.safetensors through a temporary file created 0600 whatever the umask, so the
+    exported model was unreadable to a group that could read its config.json (a shared cluster's eval jobs)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(run_dir), str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(old)
+    weights = (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777
+    assert weights == (tmp_path / "hf" / "config.json").stat().st_mode & 0o777 == 0o644

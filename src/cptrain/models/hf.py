@@ -339,6 +339,11 @@ def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | N
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     config.save_pretrained(out)
+    # safetensors >= 0.8 writes through a temporary file created 0600 whatever the umask (safetensors#782): the
+    # weights would be unreadable to the group and others that can read config.json beside them
+    mode = (out / "config.json").stat().st_mode & 0o777
+    for f in [*out.glob("model.safetensors"), *out.glob("model-*-of-*.safetensors")]:
+        f.chmod(mode)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
