@@ -287,7 +287,7 @@ def run(cfg: Config) -> dict:
 
 
 def _run(cfg: Config, env) -> dict:
-    from cptrain.data import build_eval_batches, build_train_loader
+    from cptrain.data import build_eval_batches, run_train_loader
     from cptrain.evaluate import generate, heldout_loss
     from cptrain.metrics import MetricsLogger
     from cptrain.models.build import build_model, model_args
@@ -316,8 +316,7 @@ def _run(cfg: Config, env) -> dict:
     # first_step: where the stream's mixture stages stand when it starts over (a fresh run, or a resume that
     # restarts the data); a restored data position carries its own
     first_step = checkpoint.saved_step(resume_from) if resume_from is not None else 0
-    loader = build_train_loader(cfg.data, tokenizer, dp_rank=env.rank, dp_size=dp, seed=cfg.train.seed,
-                                micro_batches_per_step=accum, first_step=first_step, **data_kw)
+    loader = run_train_loader(cfg, tokenizer, dp_rank=env.rank, dp_size=dp, first_step=first_step)
     if load_rank_state:
         # the saved data position now, through the loader's own check: one these settings cannot continue
         # (another train.micro_batch_size) is refused in seconds, before the model or the run folder is touched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def test_single_node_counts_gpus_with_the_interpreter_it_trains_with(tmp_path):
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    count, launch = (tmp_path / "calls").read_text().splitlines()
+    dry, count, launch = (tmp_path / "calls").read_text().splitlines()
+    assert dry == "-m cptrain.cli run recipes/tiny-cpu.toml train.steps=1 --dry-run"
     assert count.startswith("-c import torch")
     assert launch == (
         "-m torch.distributed.run --standalone --nproc_per_node 3 "
@@ -75,6 +77,72 @@ def test_single_node_names_a_missing_interpreter(tmp_path):
     )
     assert run.returncode == 2
     assert f"no python at '{tmp_path / 'nothere' / 'python'}'" in run.stderr
+
+
+@pytest.mark.parametrize("script", ["torchrun_configs/single_node.sh", "slurm/train.sbatch"])
+def test_a_missing_recipe_is_one_line_before_torchrun_starts(tmp_path, script):
+    """It was torchrun's ChildFailedError report around cptrain's one line (under sbatch, in the job's log)."""
+    env = {**_without_venv(), "CPTRAIN_PYTHON": str(_fake_python(tmp_path))}
+    run = subprocess.run(["bash", str(ROOT / script), "recipes/nope.toml", "train.steps=1"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()]  # one line
+    assert "recipe 'recipes/nope.toml' not found" in run.stderr and str(ROOT) in run.stderr
+    assert not (tmp_path / "calls").exists()  # neither the GPU count nor torchrun ran
+
+
+@pytest.mark.parametrize("script", ["torchrun_configs/single_node.sh", "slurm/train.sbatch"])
+def test_a_config_error_is_one_line_before_torchrun_starts(tmp_path, script):
+    """An unknown key was printed by every rank, then torchrun's ChildFailedError report (exit 1)."""
+    env = {**_without_venv(), "CPTRAIN_PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"),
+           "NPROC_PER_NODE": "2"}
+    run = subprocess.run(["bash", str(ROOT / script), "recipes/tiny-cpu.toml", "optim.lrr=1"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.startswith("cptrain: error: command-line override 'optim.lrr=1': unknown key 'optim.lrr'")
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_single_node_lets_a_flag_come_before_the_recipe(tmp_path):
+    env = {**_without_venv(), "CPTRAIN_PYTHON": str(_fake_python(tmp_path))}
+    run = subprocess.run(["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "--dry-run",
+                          "recipes/tiny-cpu.toml"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "calls").read_text().splitlines()[-1].endswith("run --dry-run recipes/tiny-cpu.toml")
+
+
+def test_train_sbatch_log_survives_a_requeue():
+    """SLURM truncates --output when a requeued job starts (JobFileAppend=0 is its default): the log of the
+    pre-empted attempt (its steps, 'stop requested: checkpoint saved') was gone. The script asks to append."""
+    header = [line.split()[1] for line in (ROOT / "slurm" / "train.sbatch").read_text().splitlines()
+              if line.startswith("#SBATCH ")]
+    assert "--requeue" in header and "--open-mode=append" in header
+
+
+@pytest.mark.slow
+def test_single_node_usr1_to_torchrun_saves_and_stops_the_trainers(tmp_path, smollm_tokenizer):
+    """SIGUSR1 (the pre-emption signal cptrain documents) sent to torchrun, as `scancel --signal=USR1` or a
+    wrapper does: torchrun forwards it and the trainers save and exit. Left to torchrun's default signal list,
+    USR1 killed torchrun alone and the trainers trained on, orphaned, without a stop."""
+    smollm_tokenizer.save_pretrained(tmp_path / "tok")
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "NPROC_PER_NODE": "2", "CPTRAIN_PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "recipes/tiny-cpu.toml",
+         f"train.run_dir='{run_dir}'", f"model.tokenizer='{tmp_path / 'tok'}'", "train.steps=100000",
+         "checkpoint.every_steps=100000", "eval.every_steps=0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), 240, "the first step")
+        proc.send_signal(signal.SIGUSR1)  # single_node.sh exec's torchrun: this is torchrun's pid
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "stop requested: checkpoint saved at step" in out, out[-3000:]
+    saved = [p for p in (run_dir / "checkpoints").iterdir() if (p / "COMMITTED").is_file()]
+    assert len(saved) == 1 and (saved[0] / "rank-1.pt").is_file()
 
 
 def _cluster_up() -> bool:

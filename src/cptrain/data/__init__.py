@@ -4,12 +4,12 @@ The trainer needs two calls: `build_train_loader` (an endless, resumable iterato
 data-parallel rank) and `build_eval_batches` (a fixed list of held-out batches).
 """
 
-__all__ = ["DataError", "build_eval_batches", "build_train_loader"]
+__all__ = ["DataError", "build_eval_batches", "build_train_loader", "run_train_loader"]
 
 
 def __getattr__(name: str):
     # lazy: dedup workers import cptrain.data.* and should not pay for torch and the tokenizer stack
-    if name in ("build_eval_batches", "build_train_loader"):
+    if name in ("build_eval_batches", "build_train_loader", "run_train_loader"):
         from cptrain.data import build
 
         return getattr(build, name)

@@ -98,6 +98,23 @@ def build_train_loader(
     )
 
 
+def run_train_loader(cfg, tokenizer, *, dp_rank: int = 0, dp_size: int = 1, first_step: int = 0) -> TrainLoader:
+    """The loader `cptrain run` gives rank `dp_rank` of `dp_size` for a whole recipe (a cptrain.config.Config):
+    its seq_len, micro-batch, gradient accumulation and `train.seed`, which shuffles the stream with data.seed.
+    `cptrain inspect-data` samples through this too, so what it shows is what that rank of a run reads."""
+    return build_train_loader(
+        cfg.data,
+        tokenizer,
+        seq_len=cfg.train.seq_len,
+        micro_batch_size=cfg.train.micro_batch_size,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        seed=cfg.train.seed,
+        micro_batches_per_step=cfg.train.micro_batches_per_step(dp_size),
+        first_step=first_step,
+    )
+
+
 def _eval_streams(cfg: DataConfig, doc_tokenizer: DocumentTokenizer) -> list[Iterator[np.ndarray]]:
     """Per source, its held-out documents' tokens in a fixed order (from raw files or token shards)."""
     if cfg.mode == "pretokenized":

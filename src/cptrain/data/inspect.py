@@ -1,16 +1,16 @@
 """`cptrain inspect-data RECIPE [key=value ...]`: what the loader will feed the model, before training.
 
-Reads a sample of batches on rank 0 of 1 and prints the mixture table (target vs realized token
-shares), token counts (exact for token shards, estimated from the sources' text bytes when streaming),
-skipped rows, packing efficiency, the held-out set and one decoded row with its document boundaries
-marked. Micro-batches map to optimizer steps (and so to `data.stages`) with the run's gradient
-accumulation: train.global_batch_size / (train.micro_batch_size x ranks), ranks given by --ranks.
+Reads a sample of the batches one rank of a run would train on (--rank of --ranks; default rank 0 of 1:
+the stream `cptrain run` reads, with the run's train.seed and data.num_workers) and prints the mixture
+table (target vs realized token shares), token counts (exact for token shards, estimated from the sources'
+text bytes when streaming), skipped rows, packing efficiency, the held-out set and one decoded row with its
+document boundaries marked. Micro-batches map to optimizer steps (and so to `data.stages`) with the run's
+gradient accumulation: train.global_batch_size / (train.micro_batch_size x ranks).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -157,24 +157,34 @@ def main(argv: list[str] | None = None) -> int:
         help="data-parallel ranks of the run (default 1); with train.global_batch_size they set the gradient "
         "accumulation, which decides the micro-batch where each of data.stages begins",
     )
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=0,
+        help="which of the --ranks ranks to sample (default 0): each rank reads its own share of the documents",
+    )
     parser.add_argument("--json", action="store_true", help="print the data report as JSON instead")
     ns = parser.parse_args(argv)
 
-    from cptrain.data import build_eval_batches, build_train_loader
+    from cptrain.data import build_eval_batches, run_train_loader
     from cptrain.data.tokenize import DocumentTokenizer
     from cptrain.data.tokenize_cli import load_recipe_tokenizer
 
     cfg, tokenizer = load_recipe_tokenizer(ns.recipe, ns.overrides)
-    data = dataclasses.replace(cfg.data, num_workers=0)
+    data = cfg.data
     seq, mbs = cfg.train.seq_len, cfg.train.micro_batch_size
     if ns.ranks < 1:
         raise ConfigError(f"inspect-data: --ranks = {ns.ranks} must be >= 1")
+    if not 0 <= ns.rank < ns.ranks:
+        raise ConfigError(f"inspect-data: --rank = {ns.rank} is not one of the {ns.ranks} rank(s) (0 to {ns.ranks - 1})")
     accum = cfg.train.micro_batches_per_step(ns.ranks)
-    loader = build_train_loader(
-        data, tokenizer, seq_len=seq, micro_batch_size=mbs, micro_batches_per_step=accum
-    )
-    batches = [next(loader) for _ in range(max(1, ns.batches))]
-    report = loader.report()
+    # the run's own loader for this rank (its train.seed, data.num_workers and rank share the documents out)
+    loader = run_train_loader(cfg, tokenizer, dp_rank=ns.rank, dp_size=ns.ranks)
+    try:
+        batches = [next(loader) for _ in range(max(1, ns.batches))]
+        report = loader.report()
+    finally:
+        loader.close()
     for s in report["sources"].values():
         s["tokens_per_byte"] = s["tokens"] / s["bytes"] if s.get("bytes") else None
     if ns.json:
@@ -186,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     totals = _estimate_tokens(data, report)
     print(
         f"{ns.recipe}: {len(data.sources)} sources, mode={data.mode}, seq_len={seq}, "
-        f"micro_batch_size={mbs}; sampled {len(batches)} micro-batches ({len(batches) * mbs * seq:,} tokens)"
+        f"micro_batch_size={mbs}; sampled {len(batches)} micro-batches ({len(batches) * mbs * seq:,} tokens) "
+        f"of rank {ns.rank} of {ns.ranks}"
     )
     print(
-        f"{accum} micro-batches per optimizer step ({ns.ranks} rank(s)): the sample covers steps "
+        f"{accum} micro-batches per optimizer step on each of {ns.ranks} rank(s): the sample covers steps "
         f"0-{(len(batches) - 1) // accum}"
+        + (" (the other ranks read other documents: --rank R shows rank R's)" if ns.ranks > 1 else "")
     )
     print(
         f"\n{'source':<20} {'weight':>7} {'target':>7} {'sample':>7} {'docs':>7} {'tokens':>10} "
