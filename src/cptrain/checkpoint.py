@@ -139,10 +139,11 @@ def load(step_dir: Path, model, optimizer=None, *, load_rank_state: bool = True)
     return train_state, rank_state["data"]
 
 
-def saved_data_state(step_dir: Path) -> dict:
-    """This rank's saved data-loader position, read without building the model: a launch checks it against its
-    own data settings before it builds the model or touches its run folder."""
-    return _rank_state(step_dir)["data"]
+def saved_rank_state(step_dir: Path) -> dict:
+    """This rank's rank-R.pt, read without building the model: its data position ("data"), which a launch checks
+    against its own data settings before it builds the model or touches its run folder, and its RNG ("rng",
+    for set_rng_state once the model is built)."""
+    return _rank_state(step_dir)
 
 
 def _rank_state(step_dir: Path) -> dict:

@@ -215,17 +215,11 @@ class InFlight:
     overlapped: bool  # launched while the step before was still running
 
 
-def repeated_sources(data_report: dict, already: set[str] | None = None) -> list[str]:
+def repeated_sources(data_report: dict) -> dict[str, str]:
     """Sources of this rank's stream that ran out of training documents and started over (a corpus smaller than
-    the run): one phrase each, `'name' read N times over`, skipping the names in `already` (then added to it)."""
-    out = []
-    for name, stats in data_report.get("sources", {}).items():
-        epochs = int(stats.get("epochs_started", 0))
-        if epochs > 1 and (already is None or name not in already):
-            out.append(f"{name!r} read {epochs} times over")
-            if already is not None:
-                already.add(name)
-    return out
+    the run), each with a phrase for the console: `'name' read N times over`."""
+    return {name: f"{name!r} read {int(stats['epochs_started'])} times over"
+            for name, stats in data_report.get("sources", {}).items() if stats.get("epochs_started", 0) > 1}
 
 
 def warn_nonfinite(log, step: int, out: dict, count: int, skip: bool) -> None:
@@ -317,10 +311,11 @@ def _run(cfg: Config, env) -> dict:
     # restarts the data); a restored data position carries its own
     first_step = checkpoint.saved_step(resume_from) if resume_from is not None else 0
     loader = run_train_loader(cfg, tokenizer, dp_rank=env.rank, dp_size=dp, first_step=first_step)
-    if load_rank_state:
+    rank_state = checkpoint.saved_rank_state(resume_from) if load_rank_state else None
+    if rank_state is not None:
         # the saved data position now, through the loader's own check: one these settings cannot continue
         # (another train.micro_batch_size) is refused in seconds, before the model or the run folder is touched
-        loader.load_state_dict(checkpoint.saved_data_state(resume_from))
+        loader.load_state_dict(rank_state["data"])
     eval_batches = build_eval_batches(cfg.data, tokenizer, max_batches=cfg.eval.max_batches, **data_kw)
     torch.manual_seed(cfg.train.seed)  # here: whatever the data loaders drew, every rank builds the same init
     model = build_model(cfg.model, cfg.precision, mesh, env.device, seq_len=cfg.train.seq_len,
@@ -336,8 +331,9 @@ def _run(cfg: Config, env) -> dict:
         if data_note:
             log.info(data_note)
         optimizer = trainer.optimizer if cfg.checkpoint.load_optimizer else None
-        # the RNG with the weights; the loader has its data position already
-        state, _ = checkpoint.load(resume_from, model, optimizer, load_rank_state=load_rank_state)
+        state, _ = checkpoint.load(resume_from, model, optimizer, load_rank_state=False)
+        if rank_state is not None:  # the RNG after the model's init drew from it; the loader has its position
+            checkpoint.set_rng_state(rank_state["rng"])
         trainer.step, trainer.tokens_seen = state["step"], state.get("tokens_seen", 0)
         restore_schedule(trainer, trainer.step)
         log.info(f"resumed from {resume_from} at step {trainer.step}")
@@ -443,9 +439,10 @@ def _run(cfg: Config, env) -> dict:
         if stopping or (every_ckpt and step % every_ckpt == 0 and step < cfg.train.steps):
             folder.save_checkpoint(trainer, feed, cfg.checkpoint.keep_latest_k)
             saved_at = step
-            repeats = repeated_sources(feed.report(), warned_repeats)  # at rest: early word of a small corpus
+            repeats = {n: t for n, t in repeated_sources(feed.report()).items() if n not in warned_repeats}
+            warned_repeats.update(repeats)  # at rest: early word of a small corpus, once per source
             if repeats:
-                log.info(f"warning: at step {step} the training data repeats: {', '.join(repeats)} so far (sources "
+                log.info(f"warning: at step {step} the training data repeats: {', '.join(repeats.values())} so far (sources "
                          "smaller than the run start over; report/data.json has the counts)")
             if stopping and step < cfg.train.steps:
                 log.info(f"stop requested: checkpoint saved at step {trainer.step}, exiting")
@@ -463,7 +460,7 @@ def _run(cfg: Config, env) -> dict:
                    nonfinite_steps=trainer.nonfinite_steps, tokens_seen=trainer.tokens_seen, data_report=feed.report())
     repeats = repeated_sources(summary["data_report"] or {})
     if repeats:
-        log.info(f"warning: the training data repeated: {', '.join(repeats)} (epochs of this run's stream on this "
+        log.info(f"warning: the training data repeated: {', '.join(repeats.values())} (epochs of this run's stream on this "
                  "rank; more data, fewer train.steps or a lower weight avoids it; report/data.json has the counts)")
     if trainer.nonfinite_steps:
         what = ("skipped: the weights are those of the last finite step" if cfg.train.skip_nan_steps else

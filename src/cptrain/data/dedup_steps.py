@@ -14,6 +14,7 @@ so it must stay importable with only the `dedup` extra installed.
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 import zlib
@@ -26,13 +27,15 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers.base import BaseReader
 from datatrove.utils.logging import logger
 
+from cptrain.data.readers import BOM, zstd_lines
+
 # errors that mean "this file is damaged", as opposed to a bug in the pipeline
 _DAMAGED = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError)
 MAX_FIELDS_NOTED = 50  # field names kept per file to suggest a text_field; rows can be wide
-# Windows editors and some exporters start a file with one; it is not part of the row, and orjson
-# refuses a line that starts with it. Dropped from every line, as the training reader does (a file
-# made by concatenating such files has one at the start of each part).
-BOM = "\ufeff".encode()
+# the training reader's byte order mark, as bytes: not part of the row, and orjson refuses a line that
+# starts with it. Dropped from every line, as that reader does (a file made by concatenating such files has
+# one at the start of each part).
+BOM_BYTES = BOM.encode()
 
 
 def input_format(path: str, fmt: str) -> str:
@@ -42,6 +45,7 @@ def input_format(path: str, fmt: str) -> str:
     return "parquet" if path.endswith(".parquet") else "jsonl"
 
 
+@functools.cache
 def _damage_errors() -> tuple[type[BaseException], ...]:
     """_DAMAGED plus zstandard's error for a corrupt .zst frame, which subclasses none of them
     (zstandard is only there when someone reads .zst files)."""
@@ -59,8 +63,6 @@ def _jsonl_lines(path: str) -> Iterator[bytes]:
     cannot be iterated line by line (io.UnsupportedOperation), and it returns a short read rather than
     an error for a cut-off file. The decoder raises EOFError there instead."""
     if path.endswith(".zst"):
-        from cptrain.data.readers import zstd_lines
-
         yield from zstd_lines(Path(path))
         return
     import fsspec
@@ -96,7 +98,7 @@ class CorpusReader(BaseReader):
         import orjson
 
         for line_no, line in enumerate(_jsonl_lines(path), 1):
-            line = line.removeprefix(BOM)
+            line = line.removeprefix(BOM_BYTES)
             if not line.strip():
                 continue
             try:

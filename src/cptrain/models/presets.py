@@ -95,17 +95,19 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_POSITIVE = (lambda v: _number(v) and v > 0, "a number > 0")
+_ANY_NUMBER = (_number, "a number")
 _ROPE_VALUES = {
     "factor": (lambda v: _number(v) and v >= 1, "a number >= 1 (the context extension ratio)"),
-    "low_freq_factor": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "high_freq_factor": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "low_freq_factor": _POSITIVE,
+    "high_freq_factor": _POSITIVE,
     "original_max_position_embeddings": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                                          "an integer >= 1 (the context length before scaling)"),
-    "beta_fast": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "beta_slow": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "attention_factor": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "mscale": (_number, "a number"),
-    "mscale_all_dim": (_number, "a number"),
+    "beta_fast": _POSITIVE,
+    "beta_slow": _POSITIVE,
+    "attention_factor": _POSITIVE,
+    "mscale": _ANY_NUMBER,
+    "mscale_all_dim": _ANY_NUMBER,
     "truncate": (lambda v: isinstance(v, bool), "true or false"),
 }
 
