@@ -21,14 +21,19 @@ def _run(ns: argparse.Namespace) -> int:
     if ns.dry_run:
         print(cfg.to_toml())
         return 0
-    from cptrain.train import run
+    from cptrain.train import Diverged, run
 
+    main_rank = (os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0") == "0"
     try:
         run(cfg)
     except KeyboardInterrupt:  # Ctrl-C: no traceback, but where the work stands
-        if (os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0") == "0":
+        if main_rank:
             print(f"cptrain: interrupted; {_resume_point(cfg)}", file=sys.stderr, flush=True)
         return 130
+    except Diverged as e:  # every rank stops at the same step; one says why
+        if main_rank:
+            print(f"cptrain: error: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -262,6 +262,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     export_hf: bool = False  # write an HF directory into run_dir/hf at the end
     skip_nan_steps: bool = True
+    # a run whose loss or gradient norm stays NaN/inf this many steps in a row has diverged: it stops with an
+    # error instead of spending the rest of its steps (0: never stop)
+    max_nonfinite_steps: int = 10
     stop_at_step: int = 0  # >0: checkpoint and exit after this step, as a pre-emption would (resume goes on)
 
     def validate(self, prefix: str) -> None:
@@ -274,6 +277,8 @@ class TrainConfig:
                 self.global_batch_size, f"a multiple of {prefix}.micro_batch_size = {self.micro_batch_size} "
                 "(0: micro_batch_size x data-parallel ranks)")
         require(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", self.max_grad_norm, ">= 0 (0 disables)")
+        require(self.max_nonfinite_steps >= 0, f"{prefix}.max_nonfinite_steps", self.max_nonfinite_steps,
+                ">= 0 (0: never stop on non-finite steps)")
         require(self.stop_at_step >= 0, f"{prefix}.stop_at_step", self.stop_at_step,
                 ">= 0 (0: run all steps)")
 

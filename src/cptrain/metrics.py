@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,19 @@ def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / GIB
     return 0.0
+
+
+def json_safe(value):
+    """`value` with every NaN/inf float made None (JSON null), inside dicts and lists too. json.dumps writes them
+    as bare NaN / Infinity, which Python reads back but strict JSON readers (JavaScript's JSON.parse, Go's
+    encoding/json) refuse: one diverged step would make the whole metrics file unreadable there."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def check_loggers(tensorboard: bool, wandb_project: str | None) -> None:
@@ -77,7 +91,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, "time": round(time.time(), 3), **values}
-        self._jsonl.write(json.dumps(record) + "\n")
+        # strict JSON: a NaN/inf value is null (the step's `nonfinite` flag says which it was)
+        self._jsonl.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for key, value in values.items():

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from cptrain import checkpoint
 from cptrain.config import Config
 from cptrain.configtools import ConfigError
-from cptrain.metrics import peak_memory_gib
+from cptrain.metrics import json_safe, peak_memory_gib
 from cptrain.models.decoder import IGNORE_INDEX
 from cptrain.models.presets import ModelArgs, count_parameters
 
@@ -89,7 +89,8 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         if self.is_main:
             data_report = summary.pop("data_report", None)
-            (self.path / "report" / "summary.json").write_text(json.dumps(summary, indent=2))
+            text = json.dumps(json_safe(summary), indent=2, allow_nan=False)  # a NaN loss is null
+            (self.path / "report" / "summary.json").write_text(text)
             if data_report:
                 (self.path / "report" / "data.json").write_text(json.dumps(data_report, indent=2, default=str))
 

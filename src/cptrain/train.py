@@ -61,6 +61,7 @@ class Trainer:
         self.tokens_seen = 0
         self.skipped_steps = 0
         self.nonfinite_steps = 0  # steps of this launch whose loss or gradient norm was NaN/inf
+        self.nonfinite_in_a_row = 0  # of them, those since the last finite step
 
     def train_step(self, micro_batches: list[dict]) -> dict:
         """One optimizer step over this rank's micro-batches; returns global loss and token counts."""
@@ -195,11 +196,34 @@ class Trainer:
         skipped = not finite and self.cfg.train.skip_nan_steps
         if not finite:
             self.nonfinite_steps += 1
+        self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
         if skipped:
             self.skipped_steps += 1
         self.tokens_seen += tokens
         return {"loss": loss, "grad_norm": grad_norm, "lr": pending.lr, "tokens": tokens, "skipped": skipped,
                 "nonfinite": not finite, "tokens_seen": self.tokens_seen, "stop": stop > 0}
+
+
+class Diverged(RuntimeError):
+    """The loss or gradient norm stayed NaN/inf for train.max_nonfinite_steps steps in a row: the run stops."""
+
+
+def diverged_message(step: int, in_a_row: int, skip: bool, checkpoints: list[int]) -> str:
+    """Why the run stops and what it leaves: the weights' state and the checkpoint a relaunch would resume."""
+    first = step - in_a_row + 1
+    if skip:
+        weights = f"the updates were skipped, so the weights are those of step {first - 1}"
+    else:
+        weights = f"the updates were applied (train.skip_nan_steps = false): the weights hold NaN/inf since step {first}"
+    bad = [s for s in checkpoints if not skip and s >= first]
+    good = [s for s in checkpoints if s not in bad]
+    where = f"the newest usable checkpoint is step {good[-1]}" if good else "no usable checkpoint was saved"
+    if bad:  # a relaunch would resume from the newest of them
+        where += (" (saved after the divergence, with NaN/inf weights: "
+                  f"{', '.join(f'checkpoints/step-{s}' for s in bad)}; move them out before relaunching)")
+    return (f"steps {first}-{step} ({in_a_row} in a row) had a non-finite loss or gradient norm, so the run has "
+            f"diverged and stops (train.max_nonfinite_steps = {in_a_row}; 0 never stops); {weights}; {where}. "
+            "A lower optim.lr or a longer schedule.warmup_steps usually helps")
 
 
 @dataclass
@@ -402,6 +426,14 @@ def _run(cfg: Config, env) -> dict:
             log.progress(f.pending.step, values)
         if out["nonfinite"]:
             warn_nonfinite(log, f.pending.step, out, trainer.nonfinite_steps, cfg.train.skip_nan_steps)
+        cap = cfg.train.max_nonfinite_steps
+        if cap and trainer.nonfinite_in_a_row >= cap:
+            # every rank reads the same global loss and norm, so all stop at this step; nothing is saved: with
+            # skip_nan_steps the newest checkpoint already holds these weights' state, without it they are NaN
+            log.close()
+            raise Diverged(diverged_message(f.pending.step, trainer.nonfinite_in_a_row, cfg.train.skip_nan_steps,
+                                            [int(p.name.rsplit("-", 1)[1]) for p in
+                                             checkpoint.committed_steps(folder.path / "checkpoints")]))
         return out
 
     started = time.perf_counter()

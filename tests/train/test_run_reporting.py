@@ -127,3 +127,48 @@ def test_a_rewind_to_an_own_step_that_is_not_taken_says_so(tmp_path, corpus, cap
     out = capsys.readouterr().out
     assert f"resumed from {run_dir / 'checkpoints' / 'step-6'} at step 6" in out
     assert f"warning: checkpoint.resume = '{step3}' was not used" in out and "this run's newest is step-6" in out
+
+
+def _strict_rows(path) -> list[dict]:
+    """The file's lines as JSON, refusing the bare NaN / Infinity that Python's json accepts and strict readers
+    (JavaScript's JSON.parse, Go's encoding/json) do not."""
+    def refuse(token):
+        raise ValueError(f"{path.name} holds {token}, which is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_a_diverged_run_stops_after_max_nonfinite_steps_in_a_row(tmp_path, corpus, capsys):
+    """With the updates applied (skip_nan_steps = false) every step after the first NaN is NaN too: the run stops
+    once train.max_nonfinite_steps of them came in a row, instead of spending all its steps, with one line through
+    the CLI (exit 1) naming the steps and the checkpoints saved before and after the divergence; metrics.jsonl
+    stays strict JSON (a NaN loss is null)."""
+    from cptrain.cli import main
+
+    run_dir = tmp_path / "run"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(debug_cfg(run_dir, corpus, "optim.lr=1e6", "train.skip_nan_steps=false", "train.steps=20",
+                                "train.max_nonfinite_steps=3", "checkpoint.every_steps=1",
+                                "checkpoint.keep_latest_k=0", "schedule.warmup_steps=0").to_toml())
+    assert main(["run", str(recipe)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cptrain: error: steps ") and "3 in a row" in err[0], err
+    rows = [r for r in _strict_rows(run_dir / "metrics.jsonl") if "loss" in r]
+    bad = [r["step"] for r in rows if r["nonfinite"]]
+    last = rows[-1]["step"]
+    assert last < 20 and bad[-3:] == [last - 2, last - 1, last]
+    assert all(r["loss"] is None or r["grad_norm"] is None for r in rows if r["nonfinite"])
+    first_bad = last - 2
+    assert f"steps {first_bad}-{last}" in err[0] and f"the newest usable checkpoint is step {first_bad - 1}" in err[0]
+    assert f"checkpoints/step-{first_bad}," in err[0]  # saved with NaN weights: named, to be moved out
+    assert not (run_dir / "report" / "summary.json").exists()
+
+
+def test_max_nonfinite_steps_zero_never_stops(tmp_path, corpus):
+    """0 keeps the old behaviour: every step runs, and the summary (a NaN loss as null) is strict JSON."""
+    run_dir = tmp_path / "run"
+    summary = run(debug_cfg(run_dir, corpus, "optim.lr=1e6", "train.skip_nan_steps=false",
+                            "train.max_nonfinite_steps=0", "checkpoint.every_steps=0", "schedule.warmup_steps=0"))
+    assert summary["steps"] == 6 and summary["nonfinite_steps"] >= 1
+    _strict_rows(run_dir / "metrics.jsonl")
+    after = json.loads((run_dir / "report" / "summary.json").read_text(), parse_constant=float)["after"]
+    assert after["loss"] is None  # the held-out loss of NaN weights, as null rather than a bare NaN
