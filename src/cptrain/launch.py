@@ -40,9 +40,13 @@ def already_done(step_dir: Path, run_dir: Path, cfg: Config) -> dict | None:
     return {"complete_at": at}
 
 
+# keys that steer one launch, not the training: a requeue with another stop step is not a change of settings
+LAUNCH_ONLY_KEYS = {"train.stop_at_step", "checkpoint.resume"}
+
+
 def changed_settings(resolved: Path, cfg: Config, show: int = 6) -> str:
     """The keys whose values differ between a run folder's config.resolved.toml and `cfg`, as `key: old -> new`
-    ('' when they agree or the file is missing or unreadable)."""
+    ('' when they agree or the file is missing or unreadable); LAUNCH_ONLY_KEYS left out."""
     import tomllib
 
     from cptrain.configtools import to_dict
@@ -53,7 +57,7 @@ def changed_settings(resolved: Path, cfg: Config, show: int = 6) -> str:
         return ""
     now = _flat(to_dict(cfg))
     diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
-            if before.get(k) != now.get(k)]
+            if before.get(k) != now.get(k) and k not in LAUNCH_ONLY_KEYS]
     more = len(diff) - show
     return "; ".join(diff[:show] + ([f"and {more} more"] if more > 0 else []))
 

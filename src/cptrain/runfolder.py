@@ -31,8 +31,9 @@ class RunFolder:
         self.is_main = is_main
 
     def create(self, fresh: bool) -> None:
-        """Make the folder's layout. A fresh start keeps an earlier run's metrics.jsonl under a new name
-        (metrics.prev-N.jsonl) instead of appending to it; a resumed run appends."""
+        """Make the folder's layout. A fresh start keeps an earlier run's metrics.jsonl and config.resolved.toml
+        under new names (metrics.prev-N.jsonl, config.resolved.prev-N.toml) instead of appending to or
+        overwriting them; a resumed run appends."""
         if self.is_main:
             for sub in ("checkpoints", "samples", "report"):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,9 @@ class RunFolder:
                 while (self.path / f"metrics.prev-{n}.jsonl").exists():
                     n += 1
                 old.rename(self.path / f"metrics.prev-{n}.jsonl")
+                config = self.path / "config.resolved.toml"
+                if config.is_file():  # the settings those metrics came from, beside them
+                    config.rename(self.path / f"config.resolved.prev-{n}.toml")
         dist.barrier()
 
     def check_fits(self, step_dir: Path, args: ModelArgs) -> None:
@@ -58,13 +62,31 @@ class RunFolder:
             raise ConfigError(f"{step_dir} was saved by a model built with other settings ({'; '.join(diff)}); "
                               "resume with the same model settings, or start a new train.run_dir")
 
-    def write_metadata(self, cfg: Config, args: ModelArgs, tokenizer) -> None:
+    def write_metadata(self, cfg: Config, args: ModelArgs, tokenizer, resumed_at: int | None = None) -> str:
         """The resolved config, model shape and tokenizer: written once the launch has started for real
-        (checks passed, checkpoint loaded), so a launch that fails leaves an existing run's files as they were."""
+        (checks passed, checkpoint loaded), so a launch that fails leaves an existing run's files as they were.
+
+        A resume with other settings (a lower lr after a spike, more steps) keeps the config it replaces as
+        config.resolved.before-step-N.toml, so the run's history of settings is not lost; returns the changes
+        ('' when none)."""
+        changed = ""
         if self.is_main:
-            (self.path / "config.resolved.toml").write_text(cfg.to_toml())
+            resolved = self.path / "config.resolved.toml"
+            if resumed_at is not None and resolved.is_file():
+                from cptrain.launch import changed_settings
+
+                changed = changed_settings(resolved, cfg)
+                if changed:
+                    keep, n = self.path / f"config.resolved.before-step-{resumed_at}.toml", 1
+                    while keep.exists():  # resumed at the same step twice
+                        n += 1
+                        keep = self.path / f"config.resolved.before-step-{resumed_at}-{n}.toml"
+                    resolved.rename(keep)
+                    changed = f"{changed} (the earlier config is kept as {keep.name})"
+            resolved.write_text(cfg.to_toml())
             (self.path / "model_args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
             tokenizer.save_pretrained(self.path / "tokenizer")
+        return changed
 
     def write_sample(self, tag: str, text: str) -> None:
         if self.is_main:

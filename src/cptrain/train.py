@@ -371,7 +371,9 @@ def _run(cfg: Config, env) -> dict:
                      f"run folder without checkpoints of its own, and this run's newest is {resume_from.name}. To "
                      "rewind this run, move its later step folders out of checkpoints/ (or branch into a new "
                      "train.run_dir)")
-    folder.write_metadata(cfg, args, tokenizer)
+    changed = folder.write_metadata(cfg, args, tokenizer, resumed_at=trainer.step if resume_from is not None else None)
+    if changed:
+        log.info(f"note: resumed with settings that differ from the run's config.resolved.toml: {changed}")
 
     if cfg.schedule.warmup_steps > cfg.train.steps:
         log.info(f"warning: schedule.warmup_steps = {cfg.schedule.warmup_steps} is more than train.steps = "

@@ -105,6 +105,23 @@ def test_fresh_start_keeps_an_earlier_runs_metrics(tmp_path, corpus):
     assert (run_dir / "metrics.prev-1.jsonl").is_file()
     assert [r["step"] for r in map(json.loads, (run_dir / "metrics.prev-1.jsonl").read_text().splitlines())
             if "loss" in r] == [1, 2]
+    assert (run_dir / "config.resolved.prev-1.toml").is_file()  # the settings of those metrics, beside them
+
+
+def test_a_resume_with_other_settings_keeps_the_config_it_replaces(tmp_path, corpus, capsys):
+    """Resuming with a lower lr (after a loss spike) used to overwrite config.resolved.toml, losing what the
+    steps before were trained with: the old file is kept as config.resolved.before-step-N.toml and the
+    console lists the changes; a resume with the same settings leaves no copy."""
+    run_dir = tmp_path / "run"
+    run(debug_cfg(run_dir, corpus, "train.stop_at_step=3"))
+    run(debug_cfg(run_dir, corpus, "train.stop_at_step=4"))
+    assert not list(run_dir.glob("config.resolved.before-*"))
+    capsys.readouterr()
+    run(debug_cfg(run_dir, corpus, "optim.lr=1e-3"))
+    kept = run_dir / "config.resolved.before-step-4.toml"
+    assert "lr = 0.003" in kept.read_text() and "lr = 0.001" in (run_dir / "config.resolved.toml").read_text()
+    out = capsys.readouterr().out
+    assert "optim.lr: 0.003 -> 0.001" in out and kept.name in out
 
 
 def test_no_heldout_data_skips_the_eval_and_a_too_long_warmup_is_named(tmp_path, corpus, capsys):
