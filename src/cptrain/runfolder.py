@@ -16,9 +16,10 @@ import torch.distributed as dist
 from cptrain import checkpoint
 from cptrain.config import Config
 from cptrain.configtools import ConfigError
+from cptrain.flops import peak_bf16_flops, training_flops
 from cptrain.metrics import json_safe, peak_memory_gib
 from cptrain.models.decoder import IGNORE_INDEX
-from cptrain.models.presets import ModelArgs, count_parameters
+from cptrain.models.presets import ModelArgs
 
 # ModelArgs fields that decide which tensors a checkpoint holds and their shapes
 SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "tie_embeddings",
@@ -117,15 +118,8 @@ class RunFolder:
                 (self.path / "report" / "data.json").write_text(json.dumps(data_report, indent=2, default=str))
 
 
-def _flops_per_step(args: ModelArgs, micro: list[dict], dp: int) -> float:
-    """Training FLOPs of this rank's micro-batches x dp (cptrain.flops convention when available)."""
-    try:
-        from cptrain.flops import training_flops
-    except ImportError:
-        training_flops = None
-    if training_flops is None:
-        tokens = sum(b["input_ids"].numel() for b in micro)
-        return 6.0 * count_parameters(args)["non_embedding"] * tokens * dp
+def _flops_per_step(micro: list[dict], args: ModelArgs, dp: int) -> float:
+    """Training FLOPs of this rank's micro-batches x dp (cptrain.flops: attention over the real documents)."""
     lengths = []
     for b in micro:
         for row in b["document_ids"]:
@@ -143,14 +137,9 @@ def step_metrics(out: dict, micro: list[dict], dt: float, t_data: float, dp: int
         "peak_mem_gib": peak_memory_gib(device), "skipped": out["skipped"],
         "nonfinite": out.get("nonfinite", False), "tokens_seen": out.get("tokens_seen"),
     }
-    if device.type == "cuda":
-        try:
-            from cptrain.flops import peak_bf16_flops
-        except ImportError:
-            peak_bf16_flops = None
-        peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if peak_bf16_flops else None
-        if peak:
-            values["mfu"] = _flops_per_step(args, micro, dp) / dt / (peak * dp)
+    peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if peak:  # GPUs of known dense BF16 peak
+        values["mfu"] = _flops_per_step(micro, args, dp) / dt / (peak * dp)
     values["padding_frac"] = float(sum(int((b["document_ids"] < 0).sum()) for b in micro)) / max(
         1, sum(b["input_ids"].numel() for b in micro))
     values["ignored_frac"] = float(sum(int((b["labels"] == IGNORE_INDEX).sum()) for b in micro)) / max(
