@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import torch
+
 from cptrain.data import build_train_loader
 from tests.data.data_helpers import (
     data_config,
     doc_text,
     docs_by_source,
+    encode_doc,
     input_stream,
     split_documents,
     two_sources,
@@ -98,3 +101,55 @@ def test_a_stage_starts_with_its_largest_source():
         picks.append(m.choose())
         m.record(picks[-1], 100)
     assert picks == [1, 0, 1, 1, 1, 0, 1, 1]
+
+
+def _tokens_by_source(stream, eos_id: int, first_token: dict[int, int]):
+    """Per token of a shard's stream (which starts at a document start), the source of its document."""
+    ends = (stream == eos_id).nonzero().flatten()
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), ends + 1])
+    starts = starts[starts < len(stream)]
+    owners = torch.tensor([first_token[int(stream[s])] for s in starts])
+    lengths = torch.diff(torch.cat([starts, torch.tensor([len(stream)])]))
+    return owners.repeat_interleave(lengths)
+
+
+def test_every_worker_keeps_the_mix_within_one_document(tmp_path, smollm_tokenizer):
+    """Each shard (rank x loader worker) mixes its own stream: at every token of it the 0.2 source is within
+    one document of 0.2 of the tokens so far, with documents longer than a row; ranks and the job too."""
+    short = [doc_text("short", i, words=10) for i in range(600)]  # ~30 tokens
+    long = [doc_text("long", i, words=400) for i in range(100)]  # ~520 tokens, two rows and more
+    cfg = data_config(
+        [
+            {"name": "short", "path": str(write_jsonl(tmp_path / "short.jsonl", short)), "weight": 0.8},
+            {"name": "long", "path": str(write_jsonl(tmp_path / "long.jsonl", long)), "weight": 0.2},
+        ],
+        eval_fraction=0.0,
+        num_workers=2,
+    )
+    eos = smollm_tokenizer.eos_token_id
+    encoded = [[encode_doc(smollm_tokenizer, t) for t in texts] for texts in (short, long)]
+    first_token = {d[0]: s for s, docs in enumerate(encoded) for d in docs}
+    assert len(first_token) == 2  # each source's documents begin with their own token
+    longest = max(len(d) for docs in encoded for d in docs)
+    seq, rows, batches = 256, 2, 60
+    assert min(len(d) for d in encoded[1]) > seq
+    job = torch.zeros(2)
+    for rank in range(2):
+        loader = build_train_loader(
+            cfg, smollm_tokenizer, seq_len=seq, micro_batch_size=rows, dp_rank=rank, dp_size=2
+        )
+        got = [next(loader) for _ in range(batches)]
+        report = loader.report()
+        loader.close()
+        per_rank = torch.zeros(2)
+        for worker in range(2):  # batch g comes from worker g % 2
+            owner = _tokens_by_source(input_stream(got[worker::2]), eos, first_token)
+            seen = torch.arange(1, len(owner) + 1)
+            lead = torch.cumsum(owner == 1, 0) - 0.2 * seen  # the 0.2 source's tokens over its target
+            assert lead.abs().max() <= longest, (rank, worker, lead.abs().max().item(), longest)
+            per_rank += torch.bincount(owner, minlength=2)
+        shard_tokens = batches // 2 * rows * seq
+        assert abs(per_rank[0] / per_rank.sum() - 0.8) <= longest / shard_tokens
+        assert abs(report["stages"][0]["realized_shares"]["short"] - 0.8) <= longest / shard_tokens
+        job += per_rank
+    assert abs(job[0] / job.sum() - 0.8) <= longest / shard_tokens

@@ -18,7 +18,7 @@ class SourceConfig:
     path: str = ""  # file, folder, glob, "builtin:python-stdlib", or a datasets builder / hub name
     format: str = "auto"  # auto (by file extension) | jsonl | txt | parquet | datasets
     text_field: str = "text"  # jsonl / parquet / datasets column holding the document text
-    weight: float = 1.0
+    weight: float = 1.0  # share of the training tokens (normalized over the sources), not of documents
     separator: str = ""  # txt: split each file into documents at this string ("" = one doc per file)
     split: str = "train"  # datasets: which split to read
     data_files: list[str] = field(default_factory=list)  # datasets: files for local builders (json, csv...)

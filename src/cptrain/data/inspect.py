@@ -2,10 +2,12 @@
 
 Reads a sample of the batches one rank of a run would train on (--rank of --ranks; default rank 0 of 1:
 the stream `cptrain run` reads, with the run's train.seed and data.num_workers) and prints the mixture
-table (target vs realized token shares), token counts (exact for token shards, estimated from the sources'
-text bytes when streaming), skipped rows, packing efficiency, the held-out set and one decoded row with its
-document boundaries marked. Micro-batches map to optimizer steps (and so to `data.stages`) with the run's
-gradient accumulation: train.global_batch_size / (train.micro_batch_size x ranks).
+table (target vs realized token shares: a document counts whole once picked, and a short sample of long
+documents is off by up to one document per loader worker, see mixture.py), token counts (exact for token
+shards, estimated from the sources' text bytes when streaming), skipped rows, packing efficiency, the
+held-out set and one decoded row with its document boundaries marked. Micro-batches map to optimizer
+steps (and so to `data.stages`) with the run's gradient accumulation: train.global_batch_size /
+(train.micro_batch_size x ranks).
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ def data_report(cfg: DataConfig, shard_states: list[dict], batches: int) -> dict
 
 
 def _stage_mix(cfg: DataConfig, stage: int, names: list[str], tokens: list[int]) -> dict:
+    """Target and realized token shares of one stage; a document counts whole in the stage that picked it
+    (so the one a shard is cutting rows from counts before all of it is in rows: see mixture.py)."""
     weights = cfg.stage_weights(stage)
     total_w, total_t = sum(weights), sum(tokens)
     return {
