@@ -411,8 +411,12 @@ def _run(cfg: Config, env) -> dict:
         return (step >= cfg.train.steps or step == cfg.train.stop_at_step
                 or bool(every_ckpt and step % every_ckpt == 0) or bool(every_eval and step % every_eval == 0))
 
+    interval = [0.0, 0]  # loss x label tokens and label tokens of the steps since the last metrics line
+
     def report(f: InFlight, prev_end: torch.cuda.Event | None) -> dict:
         out = trainer.finish_step(f.pending)
+        interval[0] += out["loss"] * out["tokens"]
+        interval[1] += out["tokens"]
         # time per step on CUDA (device events): from the end of the step before when this one was queued
         # behind it (the device never waited in between), else from this step's own start plus the wait for
         # its batches. On CPU the launch itself computes the step: its host time.
@@ -424,6 +428,9 @@ def _run(cfg: Config, env) -> dict:
         t_data = f.t_take + max(0.0, f.fetch_s - dt)  # the fetch runs while the device works; only overrun waits
         if f.pending.step % cfg.logging.every_steps == 0 or f.pending.step == cfg.train.steps:
             values = step_metrics(out, f.micro, dt, t_data, dp, args, env.device)
+            # HF Trainer's logged loss: the mean per label token since the last line (one step's is noisy)
+            values["loss_mean"] = interval[0] / max(1, interval[1])
+            interval[:] = [0.0, 0]
             log.log(f.pending.step, values)
             log.progress(f.pending.step, values)
         if out["nonfinite"]:

@@ -172,3 +172,18 @@ def test_max_nonfinite_steps_zero_never_stops(tmp_path, corpus):
     _strict_rows(run_dir / "metrics.jsonl")
     after = json.loads((run_dir / "report" / "summary.json").read_text(), parse_constant=float)["after"]
     assert after["loss"] is None  # the held-out loss of NaN weights, as null rather than a bare NaN
+
+
+def test_loss_mean_is_the_token_weighted_mean_since_the_line_before(tmp_path, corpus):
+    """logging.every_steps = 3 writes steps 3 and 6 (and the last); their loss_mean is the mean per label token of
+    the three steps each line covers, which the run with every_steps = 1 logs one by one."""
+    run(debug_cfg(tmp_path / "a", corpus))
+    run(debug_cfg(tmp_path / "b", corpus, "logging.every_steps=3"))
+    every, sparse = _steps(tmp_path / "a"), _steps(tmp_path / "b")
+    assert [r["step"] for r in sparse] == [3, 6]
+    assert all(r["loss_mean"] == r["loss"] for r in every)
+    for line in sparse:
+        covered = [r for r in every if line["step"] - 3 < r["step"] <= line["step"]]
+        want = sum(r["loss"] * r["label_tokens"] for r in covered) / sum(r["label_tokens"] for r in covered)
+        assert line["loss"] == pytest.approx(covered[-1]["loss"], rel=1e-6)  # same data and init, same steps
+        assert line["loss_mean"] == pytest.approx(want, rel=1e-6) and line["loss_mean"] != line["loss"]
