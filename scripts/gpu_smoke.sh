@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root: GPU tests, the quickstart recipe and a
 # llama3.2-1b seq-8192 run; logs and metrics land in $OUT.
-#   bash scripts/gpu_smoke.sh [tests|quickstart|bench1b ...]   (default: all three)
+#   bash scripts/gpu_smoke.sh [tests|quickstart|bench1b|launch ...]   (default: tests quickstart bench1b)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -25,6 +25,19 @@ for s in $steps; do
     quickstart) timeout 300 python3 -m cptrain.cli run recipes/quickstart.toml train.run_dir=runs/qs-gpu 2>&1 \
         | grep -v -E "Converting|Loading weights" | tee "$OUT/quickstart-gpu.log"
         cp runs/qs-gpu/metrics.jsonl "$OUT/quickstart-metrics.jsonl"; cp runs/qs-gpu/report/summary.json "$OUT/quickstart-summary.json" ;;
+    launch) # torchrun through the launch script, stopped by SIGUSR1 mid-run (it must save), then relaunched to the end
+        rd=runs/sn-gpu; rm -rf $rd; recipe=${LAUNCH_RECIPE:-recipes/bench-llama3.2-1b.toml}
+        CPTRAIN_PYTHON=${CPTRAIN_PYTHON:-python3} bash torchrun_configs/single_node.sh $recipe train.steps=30 \
+          train.run_dir=$rd > "$OUT/launch-1.log" 2>&1 &
+        pid=$!
+        for _ in $(seq 240); do
+          [ "$(grep -c '"loss"' $rd/metrics.jsonl 2>/dev/null)" -ge 5 ] 2>/dev/null && break; sleep 1
+        done
+        kill -USR1 $pid; wait $pid; echo "first launch exit $? after SIGUSR1; checkpoints: $(ls $rd/checkpoints)" | tee -a "$OUT/launch.txt"
+        timeout 240 env CPTRAIN_PYTHON=${CPTRAIN_PYTHON:-python3} bash torchrun_configs/single_node.sh $recipe \
+          train.steps=30 train.run_dir=$rd > "$OUT/launch-2.log" 2>&1
+        echo "relaunch exit $?; steps logged: $(grep -o '"step": [0-9]*' $rd/metrics.jsonl | awk '{print $2}' | tr '\n' ' ')" | tee -a "$OUT/launch.txt"
+        cp $rd/metrics.jsonl "$OUT/launch-metrics.jsonl" ;;
     bench1b) timeout 300 python3 -m cptrain.cli run recipes/bench-llama3.2-1b.toml train.steps=15 2>&1 | tee "$OUT/bench1b.log"
         cp runs/bench-llama3.2-1b/metrics.jsonl "$OUT/bench1b-metrics.jsonl" ;;
   esac
