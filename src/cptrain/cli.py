@@ -55,7 +55,7 @@ def _resume_point(cfg) -> str:
 def _export(ns: argparse.Namespace) -> int:
     from cptrain.export import export_run
 
-    out = export_run(ns.run_or_checkpoint, ns.out, dtype=ns.dtype)
+    out = export_run(ns.run_or_checkpoint, ns.out, dtype=ns.dtype, overwrite=ns.overwrite)
     print(f"exported Hugging Face model to {out}")
     return 0
 
@@ -113,9 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a Hugging Face directory from a run folder or checkpoint")
     p.add_argument("run_or_checkpoint", help="run folder (newest committed step) or checkpoints/step-N")
-    p.add_argument("out", help="output directory")
+    p.add_argument("out", help="output directory: new or empty (created if missing); it gets config.json, "
+                   "generation_config.json, safetensors weights and the run's tokenizer")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"],
                    help="dtype of the saved weights (default bf16)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="export into a folder that is not empty, replacing an earlier export's files there")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("inspect-model", help="architecture, parameter count and memory estimate")

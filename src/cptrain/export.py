@@ -7,6 +7,7 @@ whatever topology wrote the checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -59,9 +60,11 @@ def _refuse_uncommitted(step_dir: Path) -> None:
                       f"{hint}")
 
 
-def _check_out(out: Path, run_dir: Path) -> None:
+def _check_out(out: Path, run_dir: Path, overwrite: bool = False) -> None:
     """OUT gets config.json and weight files: never a file, the run folder itself, its checkpoints or another
-    run folder (a config.json there would make it look like a model, and the weights would sit among shards)."""
+    run folder (a config.json there would make it look like a model, and the weights would sit among shards);
+    nor, unless `overwrite`, a folder that holds anything (a model or project files there would be replaced);
+    and it must be writable. All checked before the checkpoint is read."""
     resolved = out.expanduser().resolve()
     if resolved.exists() and not resolved.is_dir():
         raise ConfigError(f"export OUT_DIR {out} is a file; give a directory (it is created if missing)")
@@ -69,14 +72,26 @@ def _check_out(out: Path, run_dir: Path) -> None:
     if inside or (resolved / "config.resolved.toml").is_file() or (resolved / "checkpoints").is_dir():
         raise ConfigError(f"export OUT_DIR {out} is a run folder or inside its checkpoints; give a folder of its "
                           f"own, e.g. {run_dir / 'hf'}")
+    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"export OUT_DIR {out}: {existing} is a file, so the folder cannot be created; give a "
+                          "directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"export OUT_DIR {out}: {existing} is not writable (permission denied); give a folder "
+                          "you can write to")
+    held = sorted(p.name for p in resolved.iterdir()) if resolved.is_dir() else []
+    if held and not overwrite:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise ConfigError(f"export OUT_DIR {out} is not empty (it holds {shown}); give a new or empty folder, or "
+                          "add --overwrite to replace an earlier export there")
 
 
-def export_run(path: str, out: str, dtype: str = "bf16") -> Path:
+def export_run(path: str, out: str, dtype: str = "bf16", overwrite: bool = False) -> Path:
     import torch.distributed.checkpoint as dcp
     from transformers import AutoTokenizer
 
     run_dir, step_dir = _locate(Path(path))
-    _check_out(Path(out), run_dir)
+    _check_out(Path(out), run_dir, overwrite)
     info = run_dir / "model_args.json"
     if not info.is_file():
         raise ConfigError(f"{info} is missing: export needs the run folder the checkpoint belongs to")

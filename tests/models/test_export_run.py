@@ -84,6 +84,21 @@ def test_export_config_takes_special_tokens_from_the_tokenizer(run_dir, smollm_t
     assert config["bos_token_id"] == smollm_tokenizer.bos_token_id
 
 
+def test_export_writes_generation_config_and_generates(run_dir, smollm_tokenizer, tmp_path):
+    """transformers' save_pretrained writes generation_config.json beside config.json (serving tools read their
+    stop ids from it); the export wrote none. The exported tokenizer and model generate together."""
+    assert main(["export", str(run_dir), str(tmp_path / "hf")]) == 0
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == smollm_tokenizer.eos_token_id and gen["bos_token_id"] == smollm_tokenizer.bos_token_id
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert model.dtype == torch.bfloat16 and json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] \
+        == "bfloat16"
+    ids = tok("def parse(text):", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] <= ids["input_ids"].shape[1] + 4 and isinstance(tok.decode(out[0]), str)
+
+
 def test_export_from_a_relative_step_folder(run_dir, tmp_path, monkeypatch):
     """`cd run/checkpoints && cptrain export step-1 OUT` looked for the run folder two levels above the
     relative path `step-1` (the current directory's parent) and said model_args.json was missing."""
@@ -105,6 +120,9 @@ def test_export_from_a_relative_step_folder(run_dir, tmp_path, monkeypatch):
     ("{run}", "{run}", "export OUT_DIR {run} is a run folder or inside its checkpoints"),
     ("{run}/checkpoints/step-2", "{run}/checkpoints/step-2", "export OUT_DIR {run}/checkpoints/step-2 is a run "
                                                              "folder or inside its checkpoints"),
+    # a NotADirectoryError traceback from mkdir, after the checkpoint had been read
+    ("{run}", "{tmp}/a-file/hf", "export OUT_DIR {tmp}/a-file/hf: {tmp}/a-file is a file, so the folder cannot "
+                                 "be created; give a directory path"),
 ])
 def test_bad_paths_are_one_line_errors(run_dir, tmp_path, capsys, source, out, expected):
     """Each was a traceback (OUT a file), a misleading message, or an export written into the run folder (a
@@ -135,3 +153,65 @@ def test_exported_weights_are_as_readable_as_the_config(run_dir, tmp_path):
         os.umask(old)
     weights = (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777
     assert weights == (tmp_path / "hf" / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_non_empty_out_dir_is_refused_unless_overwrite(run_dir, tmp_path, capsys):
+    """Exporting into a folder that held files overwrote them without a word: a project's config.json, or the
+    pretrained model the run started from. It is refused now, untouched; --overwrite replaces an earlier export
+    (files of other names stay)."""
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(["export", str(run_dir), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cptrain: error: export OUT_DIR {out} is not empty (it holds config.json, notes.txt); give a "
+                   "new or empty folder, or add --overwrite to replace an earlier export there"), err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+    assert (out / "config.json").read_text() == '{"mine": true}'
+
+    assert main(["export", str(run_dir), str(out), "--overwrite", "--dtype", "fp32"]) == 0
+    assert (out / "notes.txt").read_text() == "keep"
+    back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.randint(0, back.config.vocab_size, (1, 16))
+    with torch.no_grad():
+        ours = _checkpoint_model(run_dir, run_dir / "checkpoints" / "step-2")(ids)
+        assert (back(ids).logits - ours).abs().max().item() < 1e-4
+
+
+def _without_dac_override() -> list[str] | None:
+    """A command prefix that runs a subprocess without root's permission bypass (root ignores a folder's mode
+    bits), or [] when not root; None when that cannot be done here."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"] if setpriv else None
+
+
+@pytest.mark.parametrize("sub", ["", "hf"])
+def test_read_only_out_dir_is_one_line_before_the_checkpoint_is_read(run_dir, tmp_path, sub):
+    """A read-only OUT (or parent of a new OUT) failed with a PermissionError or SafetensorError traceback at the
+    first write, after the whole checkpoint had been read."""
+    import subprocess
+    import sys
+
+    prefix = _without_dac_override()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: a folder's mode bits do not apply")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    out = locked / sub if sub else locked
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-m", "cptrain.cli", "export", str(run_dir), str(out)],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"cptrain: error: export OUT_DIR {out}: {locked} is not writable (permission "
+                                   "denied); give a folder you can write to"), done.stderr
+    assert list(locked.iterdir()) == []

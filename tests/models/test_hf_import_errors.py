@@ -134,3 +134,53 @@ def test_eos_token_list_survives_export(tmp_path):
     export_hf(load_pretrained(tmp_path / "src"), tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["eos_token_id"] == [2, 7, 9] and config["bos_token_id"] == 1
+
+
+def _cut_short(file, keep: int) -> None:
+    file.write_bytes(file.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("damage, match", [
+    # a SafetensorError traceback ("incomplete metadata, file not fully covered") from inside safetensors
+    (lambda d: _cut_short(sorted(d.glob("model-*.safetensors"))[1], 1000),
+     r"model-00002-of-\d{5}\.safetensors cannot be read as safetensors \(.*\); the file may be cut short"),
+    # a FileNotFoundError traceback naming the shard but not the index that lists it
+    (lambda d: sorted(d.glob("model-*.safetensors"))[0].unlink(),
+     r"model\.safetensors\.index\.json lists 1 weight file\(s\) missing from .*, e\.g\. model-00001-of-\d{5}"
+     r"\.safetensors; copy or download them too"),
+    (lambda d: (d / "model.safetensors.index.json").write_text('{"metadata": {}}'),
+     r"model\.safetensors\.index\.json is not a safetensors index \(a JSON object with a weight_map\)"),
+], ids=["shard-cut-short", "shard-missing", "index-without-weight-map"])
+def test_damaged_weight_files_name_the_file(damage, match, tmp_path, capsys):
+    _save_hf(tmp_path, "LlamaConfig")
+    damage(tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        load_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")  # `generate` checks for a tokenizer first
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path), "def parse(", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cptrain: error: {tmp_path}") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("make", ["not-gguf", "cut-in-metadata", "cut-in-tensors"])
+def test_damaged_gguf_is_one_line_naming_the_file(make, tmp_path, capsys):
+    """A file that is not GGUF, or the SmolLM2 GGUF cut short: ValueError / struct.error tracebacks from inside
+    transformers' GGUF reader, from the tokenizer, the config or the weights, whichever came first."""
+    from cptrain.models.hf import resolve_model_path
+
+    real = resolve_model_path("builtin:smollm2-135m")
+    bad = tmp_path / "model.gguf"
+    if make == "not-gguf":
+        bad.write_text("<html>404 Not Found</html>")
+    else:
+        with real.open("rb") as f:
+            bad.write_bytes(f.read(1_000_000 if make == "cut-in-metadata" else 40_000_000))
+    for load in (load_pretrained, load_tokenizer):
+        with pytest.raises(ConfigError, match=rf"^{bad}: transformers cannot read it as a GGUF model \(.+\); check "
+                                              "that the file is complete"):
+            load(bad)
+    capsys.readouterr()
+    assert main(["inspect-model", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cptrain: error: {bad}: transformers cannot read it") and "\n" not in err, err

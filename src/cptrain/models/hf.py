@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -47,6 +48,16 @@ def _is_gguf(path: Path) -> bool:
     return path.is_file() and path.suffix == ".gguf"
 
 
+# what transformers' GGUF reader raises on a file that is not GGUF, is cut short, or holds an architecture it lacks
+GGUF_ERRORS = (ValueError, OSError, KeyError, IndexError, EOFError, struct.error)
+
+
+def _gguf_error(path: Path, e: Exception) -> ConfigError:
+    first = (str(e).splitlines() or [""])[0]
+    return ConfigError(f"{path}: transformers cannot read it as a GGUF model ({first}); check that the file is "
+                       "complete (a download or copy cut short fails so) or use another model")
+
+
 # config.json keys whose absence transformers would fill with its class defaults (a 7B shape for Llama), so the
 # model would be built at the wrong size and fail on the first weight: asked for up front instead
 REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -78,7 +89,10 @@ def load_hf_config(path: Path):
     from transformers import AutoConfig
 
     if _is_gguf(path):
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        except GGUF_ERRORS as e:
+            raise _gguf_error(path, e) from None
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path}: not a Hugging Face model directory (no config.json) and not a .gguf file")
     _read_config_json(path)
@@ -162,7 +176,15 @@ def args_from_hf_config(config) -> ModelArgs:
 def _safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{index} is not a safetensors index (a JSON object with a weight_map): "
+                              f"{type(e).__name__}: {e}") from None
+        lost = [n for n in names if not (path / n).is_file()]
+        if lost:
+            raise ConfigError(f"{index} lists {len(lost)} weight file(s) missing from {path}, e.g. {lost[0]}; copy "
+                              "or download them too")
         return [path / n for n in names]
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -175,13 +197,21 @@ def load_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if _is_gguf(path):
         from transformers import AutoModelForCausalLM
 
-        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except GGUF_ERRORS as e:
+            raise _gguf_error(path, e) from None
         return {k: v.detach() for k, v in hf.state_dict().items()}
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     sd = {}
     for f in _safetensors_files(path):
-        sd.update(load_file(str(f)))
+        try:
+            sd.update(load_file(str(f)))
+        except (SafetensorError, OSError) as e:
+            raise ConfigError(f"{f} cannot be read as safetensors ({str(e).splitlines()[0]}); the file may be cut "
+                              "short: copy or download it again") from None
     return sd
 
 
@@ -299,7 +329,9 @@ def _remove_old_weights(out: Path) -> None:
 
 
 def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
-    """Write config.json, safetensors (sharded with an index when large) and tokenizer files."""
+    """Write config.json, generation_config.json, safetensors (sharded with an index when large) and tokenizer
+    files."""
+    import transformers
     from safetensors.torch import save_file
 
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("inv_freq")}
@@ -339,6 +371,8 @@ def export_hf(model, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | N
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     config.save_pretrained(out)
+    # what transformers' own save_pretrained writes beside config.json: the ids `generate` starts and stops with
+    transformers.GenerationConfig.from_model_config(config).save_pretrained(out)
     # safetensors >= 0.8 writes through a temporary file created 0600 whatever the umask (safetensors#782): the
     # weights would be unreadable to the group and others that can read config.json beside them
     mode = (out / "config.json").stat().st_mode & 0o777
@@ -366,7 +400,10 @@ def load_tokenizer(path: str | Path):
     path = resolve_model_path(str(path))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if _is_gguf(path):
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except GGUF_ERRORS as e:
+            raise _gguf_error(path, e) from None
     _check_tokenizer_files(path)
     try:
         return AutoTokenizer.from_pretrained(path)
