@@ -113,7 +113,7 @@ def test_text_bytes_of_large_compressed_files_come_from_their_first_bytes(tmp_pa
     for pattern in ("b*.jsonl.gz", "d.jsonl.zst"):
         src = resolve_source(SourceConfig(name="x", path=str(tmp_path / pattern)), "data.sources[0]")
         assert all(src.path_of(rel).stat().st_size > 3 * inspect_data.SAMPLE_BYTES for rel, _ in src.files)
-        assert abs(inspect_data._source_text_bytes(src) / true - 1) < 0.03, pattern
+        assert abs(inspect_data.source_text_bytes(src) / true - 1) < 0.03, pattern
 
 
 def _stage_tokens(tmp_path, tokenizer, capsys, train: str, *flags: str) -> list[int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -94,7 +95,7 @@ def _text_bytes(path: Path, fmt: str, text_field: str) -> tuple[int, float]:
     return disk, text * len(data) / raw
 
 
-def _source_text_bytes(src) -> float:
+def source_text_bytes(src) -> float:
     """UTF-8 bytes of document text in a whole source: text files as they are; other formats are their
     on-disk size x the text bytes per on-disk byte of up to SAMPLE_FILES of their files."""
     by_format: dict[str, list[str]] = {}
@@ -128,7 +129,7 @@ def _estimate_tokens(cfg, report: dict) -> dict[str, str]:
             out[source.name] = "?"
             continue
         src = resolve_source(source, f"data.sources[{i}]")
-        text_bytes = _source_text_bytes(src)
+        text_bytes = source_text_bytes(src)
         sample = report["sources"][source.name]
         ratio = sample.get("tokens_per_byte")  # tokens per byte of document text, as the stats count it
         out[source.name] = f"~{text_bytes * ratio:,.0f}" if ratio else f"? (~{text_bytes:,.0f} text bytes)"
@@ -148,10 +149,20 @@ def sample_row_text(batch: dict[str, torch.Tensor], decode, row: int = 0) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while a large source is sampled or measured: one line, not a traceback
+        print("cptrain inspect-data: interrupted; it writes nothing, so nothing is left half done", file=sys.stderr,
+              flush=True)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="cptrain inspect-data", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="path to a recipe .toml")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    parser.add_argument("--batches", type=int, default=16, help="micro-batches to sample (default 16)")
+    # default=[]: else argparse names it as required when the recipe is missing
+    parser.add_argument("overrides", nargs="*", default=[], help="key.sub=value overrides")
+    parser.add_argument("--batches", type=int, default=16, help="micro-batches to sample, 1 or more (default 16)")
     parser.add_argument(
         "--ranks",
         type=int,
@@ -175,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, tokenizer = load_recipe_tokenizer(ns.recipe, ns.overrides)
     data = cfg.data
     seq, mbs = cfg.train.seq_len, cfg.train.micro_batch_size
+    if ns.batches < 1:  # it sampled one micro-batch without a word
+        raise ConfigError(f"inspect-data: --batches = {ns.batches} must be >= 1")
     if ns.ranks < 1:
         raise ConfigError(f"inspect-data: --ranks = {ns.ranks} must be >= 1")
     if not 0 <= ns.rank < ns.ranks:
@@ -183,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     # the run's own loader for this rank (its train.seed, data.num_workers and rank share the documents out)
     loader = run_train_loader(cfg, tokenizer, dp_rank=ns.rank, dp_size=ns.ranks)
     try:
-        batches = [next(loader) for _ in range(max(1, ns.batches))]
+        batches = [next(loader) for _ in range(ns.batches)]
         report = loader.report()
     finally:
         loader.close()
