@@ -120,10 +120,14 @@ def test_train_sbatch_log_survives_a_requeue():
 
 
 @pytest.mark.slow
-def test_single_node_usr1_to_torchrun_saves_and_stops_the_trainers(tmp_path, smollm_tokenizer):
-    """SIGUSR1 (the pre-emption signal cptrain documents) sent to torchrun, as `scancel --signal=USR1` or a
-    wrapper does: torchrun forwards it and the trainers save and exit. Left to torchrun's default signal list,
-    USR1 killed torchrun alone and the trainers trained on, orphaned, without a stop."""
+@pytest.mark.parametrize("target", ["script", "group", "torchrun"])
+def test_single_node_usr1_saves_and_stops_the_trainers(target, tmp_path, smollm_tokenizer):
+    """SIGUSR1 (the pre-emption signal cptrain documents) to single_node.sh, or SIGTERM to its process group: it
+    signals the trainers itself, which save and exit, and the script exits 0 (torchrun, in a group of its own, is
+    not signalled and ends as its trainers did). Sent to torchrun (as `scancel --signal=USR1` or a wrapper might), torchrun
+    forwards it (left to its default signal list, USR1 killed torchrun alone and the trainers trained on, orphaned);
+    the save lands, but torchrun exits 1, and on torch < 2.13 it SIGKILLs trainers still saving after 30 s, which is
+    why the script no longer execs torchrun and forwards the signal through it (a 1B save on one H100 took longer)."""
     smollm_tokenizer.save_pretrained(tmp_path / "tok")
     run_dir = tmp_path / "run"
     env = {**os.environ, "NPROC_PER_NODE": "2", "CPTRAIN_PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
@@ -135,7 +139,14 @@ def test_single_node_usr1_to_torchrun_saves_and_stops_the_trainers(tmp_path, smo
     try:
         metrics = run_dir / "metrics.jsonl"
         _wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), 240, "the first step")
-        proc.send_signal(signal.SIGUSR1)  # single_node.sh exec's torchrun: this is torchrun's pid
+        if target == "group":  # SIGTERM to the script's process group, as `kill -TERM -PGID` or a service stop
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            pid = proc.pid
+            if target == "torchrun":  # the script's one child
+                pid = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                         text=True).stdout.split()[0])
+            os.kill(pid, signal.SIGUSR1)
         out, _ = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
@@ -143,6 +154,32 @@ def test_single_node_usr1_to_torchrun_saves_and_stops_the_trainers(tmp_path, smo
     assert "stop requested: checkpoint saved at step" in out, out[-3000:]
     saved = [p for p in (run_dir / "checkpoints").iterdir() if (p / "COMMITTED").is_file()]
     assert len(saved) == 1 and (saved[0] / "rank-1.pt").is_file()
+    assert proc.returncode == (1 if target == "torchrun" else 0), out[-3000:]
+
+
+@pytest.mark.slow
+def test_single_node_ctrl_c_stops_at_once_with_130(tmp_path, smollm_tokenizer):
+    """Ctrl-C (SIGINT to the terminal's foreground process group, the script's): the trainers stop without saving,
+    as `cptrain run` does, and the script exits 130. torchrun runs in the background of the script, which without
+    job control would have started it, and so the trainers, with SIGINT ignored."""
+    smollm_tokenizer.save_pretrained(tmp_path / "tok")
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "NPROC_PER_NODE": "2", "CPTRAIN_PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "recipes/tiny-cpu.toml",
+         f"train.run_dir='{run_dir}'", f"model.tokenizer='{tmp_path / 'tok'}'", "train.steps=100000",
+         "checkpoint.every_steps=100000", "eval.every_steps=0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), 240, "the first step")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "cptrain: interrupted;" in out, out[-3000:]
+    assert not list((run_dir / "checkpoints").glob("step-*"))
 
 
 def _cluster_up() -> bool:
