@@ -11,7 +11,9 @@ of chunked_ce.ROW_MULTIPLE). A variant
 that is not installed, or runs out of memory, is reported as such and the run goes on.
 
 floor = 6*T*H*V flops at the bf16 matmul rate measured at the start of the run (best of an
-8192^3 torch.mm: a burst after idle, the GPU's highest clocks). sustained floor = the time of 6*T*H*V flops
+8192^3 torch.mm: a burst after idle, the GPU's highest clocks). Each timed call (variants, sustained floor) is
+queued behind a ~50 ms GPU wait (host_ahead) so the device does not wait for Python's launches, as in
+training. sustained floor = the time of 6*T*H*V flops
 of 8192^3 torch.mm run back to back, timed as the variants are: the rate the GPU keeps for as long as the
 variants run (its clocks drop under a long matmul load; ce_floor.py measured 685-717 against a 779 TFLOP/s
 burst on H100). extra = peak memory during fwd+bwd minus the inputs and the two gradients every
@@ -57,6 +59,17 @@ def measure_matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e12
 
 
+HOST_AHEAD_CYCLES = 100_000_000  # ~50 ms of GPU clock cycles at 2 GHz
+
+
+def host_ahead() -> None:
+    """Queue a ~50 ms wait on the GPU before the timed region, so the host has launched the call's kernels by the
+    time the device reaches them, as in training (the trainer's host runs 49-128 ms ahead of the device). Without
+    it, a call's first small kernels ran as fast as Python launched them: 0.7 ms of a 7.9 ms call idle at T=8K
+    (ce_floor.py: 'ours' against 'ours device')."""
+    torch.cuda._sleep(HOST_AHEAD_CYCLES)
+
+
 def sustained_floor_s(flops: int, warmup: int, repeats: int, n: int = 8192) -> float:
     """Seconds for `flops` of back-to-back n^3 bf16 matmuls, median of `repeats` after `warmup`, synchronized
     around each as run_variant times a variant."""
@@ -65,6 +78,7 @@ def sustained_floor_s(flops: int, warmup: int, repeats: int, n: int = 8192) -> f
     times = []
     for i in range(warmup + repeats):
         torch.cuda.synchronize()
+        host_ahead()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(count):
@@ -136,6 +150,7 @@ def run_variant(fn, h, w, y, warmup: int, repeats: int) -> dict:
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
+            host_ahead()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             loss = fn(h, w, y)
@@ -289,7 +304,8 @@ def write(rows: list[dict], parts: list[dict], impls: dict, tflops: float, info:
             cells.append(f"{liger / ours:.2f}x faster" if ours and liger else "-")
         body.append(cells)
     notes = (f"bf16 matmul rate measured in this run: {tflops:.0f} TFLOP/s (8192^3 torch.mm, best of 10). "
-             "Sustained floor (in brackets): 6*T*H*V flops of 8192^3 matmuls back to back, timed as the variants "
+             "Every timed call starts behind a ~50 ms GPU wait, so the host has launched its kernels by then, as "
+             "in training. Sustained floor (in brackets): 6*T*H*V flops of 8192^3 matmuls back to back, timed as the variants "
              "are. Cells: median fwd+bwd time, time / floor (time / sustained floor), extra memory beyond the "
              "inputs and the two bf16 gradients. "
              f"cut-cross-entropy {info.get('cut-cross-entropy')}. Goals (issue 6): ours <= 1.15x floor, "
