@@ -25,6 +25,20 @@ def test_inspect_model_suggests_the_closest_preset(capsys):
     assert main(["inspect-model", "llama3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cptrain: error: ") and "did you mean 'llama3." in err and "qwen3-8b" in err
+    assert "model.path" not in err  # a recipe key: the command line has none
+
+
+def test_inspect_model_names_what_is_not_a_model(tmp_path, capsys):
+    """An empty name read as "." ("not a Hugging Face model directory"); a file of a model folder did not
+    name the folder."""
+    assert main(["inspect-model", ""]) == 2
+    assert "inspect-model: the model is empty; give a preset name" in capsys.readouterr().err
+    transformers = pytest.importorskip("transformers")
+    transformers.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path)
+    assert main(["inspect-model", str(tmp_path / "config.json")]) == 2
+    assert f"one file of a model folder; give the folder: `cptrain inspect-model {tmp_path}`" in (
+        capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("flag", ["--max-new-tokens", "--seq-len", "--micro-batch-size"])

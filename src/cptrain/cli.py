@@ -122,17 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("inspect-model", help="architecture, parameter count and memory estimate")
-    p.add_argument("model", help="preset name, HF directory, .gguf file or builtin:smollm2-135m")
-    p.add_argument("--seq-len", type=_positive_int, default=8192,
-                   help="sequence length for the activation estimate (default 8192)")
-    p.add_argument("--micro-batch-size", type=_positive_int, default=1,
-                   help="rows per forward for the activation estimate (default 1)")
+    p.add_argument("model", help="preset name, HF directory, .gguf file, builtin:smollm2-135m, a recipe .toml "
+                   "(its model with model.overrides) or a run folder / checkpoint (its model_args.json)")
+    p.add_argument("--seq-len", type=_positive_int, default=None,
+                   help="sequence length for the activation estimate (default: the recipe's or run's "
+                   "train.seq_len, else 8192)")
+    p.add_argument("--micro-batch-size", type=_positive_int, default=None,
+                   help="rows per forward for the activation estimate (default: the recipe's or run's "
+                   "train.micro_batch_size, else 1)")
     p.set_defaults(func=_inspect_model)
 
-    p = sub.add_parser("generate", help="greedy continuation of a prompt from a model path")
-    p.add_argument("model", help="HF directory, .gguf file or builtin:smollm2-135m (export a run first)")
+    p = sub.add_parser("generate", help="greedy continuation of a prompt from a model path",
+                       description="Print the prompt and its greedy continuation, which stops at the model's "
+                       "eos tokens (its tokenizer's, config.json's and generation_config.json's) or at the "
+                       "end of its context (max_position_embeddings).")
+    p.add_argument("model", help="HF directory, .gguf file or builtin:smollm2-135m (a run folder: its hf/, or "
+                   "`cptrain export` it first)")
     p.add_argument("prompt", help="text to continue (not empty)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64,
+                   help="tokens to generate at most (default 64)")
     p.set_defaults(func=_generate)
 
     for name, text in [

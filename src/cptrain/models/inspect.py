@@ -2,26 +2,82 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from cptrain.models.presets import PRESETS, ModelArgs, count_parameters, get_preset
 
 GIB = 1024**3
 
 
+WHAT = "a preset name, an HF directory, a .gguf file, builtin:smollm2-135m, a recipe .toml or a run folder"
+
+
 def args_for(model: str) -> ModelArgs:
-    """A preset name, or a path/builtin whose HF config is read (no weights are loaded)."""
+    """A preset name, a recipe (its model with `model.overrides`), a run folder or checkpoint (the shape it was
+    built with, model_args.json), or a path/builtin whose HF config is read (no weights are loaded)."""
+    return _resolve(model)[0]
+
+
+def _resolve(model: str) -> tuple[ModelArgs, dict]:
+    """The shape, and the train settings (seq_len, micro_batch_size) of the recipe or run it came from."""
     if model in PRESETS:
-        return get_preset(model)
+        return get_preset(model), {}
     from cptrain.configtools import ConfigError, closest
     from cptrain.models.hf import args_from_hf_config, load_hf_config, resolve_model_path
 
+    if not model.strip():
+        raise ConfigError(f"inspect-model: the model is empty; give {WHAT}")
+    path = Path(model).expanduser()
+    if not model.startswith("builtin:") and not path.exists():  # a mistyped preset reads as a missing path
+        raise ConfigError(f"inspect-model: {model!r} is not a preset name nor an existing path"
+                          f"{closest(model, PRESETS)} (presets: {', '.join(PRESETS)})")
+    if path.is_file() and path.suffix == ".toml":
+        return _recipe_args(path)
+    saved = _run_args(path)
+    if saved is not None:
+        return saved
+    if path.is_file() and path.suffix != ".gguf" and (path.parent / "config.json").is_file():
+        raise ConfigError(f"inspect-model: {model} is one file of a model folder; give the folder: "
+                          f"`cptrain inspect-model {path.parent}`")
+    return args_from_hf_config(load_hf_config(resolve_model_path(model))), {}
+
+
+def _recipe_args(path: Path) -> tuple[ModelArgs, dict]:
+    """A recipe's model as the run builds it: its preset or config.json, then model.overrides."""
+    from cptrain.config import load_config
+    from cptrain.models.build import model_args
+
+    cfg = load_config(path, need_data=False)
+    return model_args(cfg.model), {"seq_len": cfg.train.seq_len, "micro_batch_size": cfg.train.micro_batch_size}
+
+
+_SHAPE_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")
+
+
+def _run_args(path: Path) -> tuple[ModelArgs, dict] | None:
+    """A cptrain run folder (or one of its checkpoints/step-N) holds no config.json; its model_args.json is the
+    shape the run built, overrides included."""
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    file = run / "model_args.json"
+    if not file.is_file():
+        return None
+    from cptrain.configtools import ConfigError, from_dict, load_toml
+
     try:
-        path = resolve_model_path(model)
-    except ConfigError as e:  # a mistyped preset name reads as a missing path: offer the preset too
-        if model.startswith("builtin:"):
-            raise
-        raise ConfigError(f"{e}, and not a preset name{closest(model, PRESETS)} (presets: "
-                          f"{', '.join(PRESETS)})") from None
-    return args_from_hf_config(load_hf_config(path))
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file} is not valid JSON ({e})") from None
+    missing = [k for k in _SHAPE_KEYS if not isinstance(raw, dict) or k not in raw]
+    if missing:  # the defaults would describe another model (the debug shape)
+        raise ConfigError(f"{file} lacks {', '.join(missing)}; it is not the one cptrain wrote for this run")
+    args = from_dict(ModelArgs, raw, "model_args.json")
+    train = {}
+    if (run / "config.resolved.toml").is_file():
+        train = load_toml(run / "config.resolved.toml").get("train", {})
+    return args, {k: train[k] for k in ("seq_len", "micro_batch_size") if isinstance(train.get(k), int)}
 
 
 # Bytes per token that one block keeps for its backward when nothing is recomputed, as the compiled block
@@ -91,9 +147,13 @@ def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dic
     }
 
 
-def describe_model(model: str, seq_len: int = 8192, micro_batch_size: int = 1) -> str:
-    args = args_for(model)
+def describe_model(model: str, seq_len: int | None = None, micro_batch_size: int | None = None) -> str:
+    """The report; `seq_len` and `micro_batch_size` default to the recipe's or run's train settings, else 8192
+    and 1."""
+    args, train = _resolve(model)
     args.check()
+    seq_len = seq_len or train.get("seq_len", 8192)
+    micro_batch_size = micro_batch_size or train.get("micro_batch_size", 1)
     counts = count_parameters(args)
     mem = memory_estimate(args, seq_len, micro_batch_size)
     rope = args.rope_scaling["type"] if args.rope_scaling else "none"
@@ -104,15 +164,25 @@ def describe_model(model: str, seq_len: int = 8192, micro_batch_size: int = 1) -
         f" head dim {args.head_size}, qkv bias {args.qkv_bias}, qk-norm {args.qk_norm}",
         f"rope             theta {args.rope_theta:g}, scaling {rope}, max positions {args.max_seq_len}",
         f"vocab            {args.vocab_size}, embeddings {'tied' if args.tie_embeddings else 'untied'}",
-        f"parameters       {counts['total']:,} ({counts['total'] / 1e9:.2f}B); "
-        f"non-embedding {counts['non_embedding']:,} ({counts['non_embedding'] / 1e9:.2f}B)",
-        f"memory (GiB)     bf16 weights {mem['weights_bf16']:.1f}; params+grads+AdamW "
-        f"{mem['params_grads_adam_fp32']:.1f} fp32, {mem['params_grads_adam_bf16']:.1f} with "
+        f"parameters       {counts['total']:,} ({_short(counts['total'])}); "
+        f"non-embedding {counts['non_embedding']:,} ({_short(counts['non_embedding'])})",
+        f"memory (GiB)     bf16 weights {_gib(mem['weights_bf16'])}; params+grads+AdamW "
+        f"{_gib(mem['params_grads_adam_fp32'])} fp32, {_gib(mem['params_grads_adam_bf16'])} with "
         "precision.master_dtype = \"bf16\" (divide by the FSDP shard count)",
-        f"activations      seq {seq_len} x batch {micro_batch_size}: ~{mem['activations_no_ckpt']:.1f} GiB "
-        f"without checkpointing, ~{mem['activations_full_ckpt']:.1f} GiB with full checkpointing",
+        f"activations      seq {seq_len} x batch {micro_batch_size}: ~{_gib(mem['activations_no_ckpt'])} GiB "
+        f"without checkpointing, ~{_gib(mem['activations_full_ckpt'])} GiB with full checkpointing",
     ]
     if mem["activations_full_ckpt_tiled"] is not None:
-        lines.append(f"                 ~{mem['activations_full_ckpt_tiled']:.1f} GiB with full checkpointing and "
+        lines.append(f"                 ~{_gib(mem['activations_full_ckpt_tiled'])} GiB with full checkpointing and "
                      f"model.tiled_mlp = \"auto\" (about the untiled time under checkpointing)")
     return "\n".join(lines)
+
+
+def _short(n: int) -> str:
+    """135M, 1.24B: a small model's count read as 0.00B said nothing."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def _gib(x: float) -> str:
+    """One decimal from 1 GiB up, two significant digits below (not 0.0 for a small model's tens of MiB)."""
+    return f"{x:.1f}" if x >= 0.95 else f"{x:.2g}"
