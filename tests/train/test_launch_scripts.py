@@ -119,6 +119,25 @@ def test_train_sbatch_log_survives_a_requeue():
     assert "--requeue" in header and "--open-mode=append" in header
 
 
+def _single_node_two_ranks(tmp_path, run_dir, tokenizer) -> subprocess.Popen:
+    """single_node.sh training tiny-cpu on two gloo ranks without end, in a session of its own, once its first
+    step is logged."""
+    tokenizer.save_pretrained(tmp_path / "tok")
+    env = {**os.environ, "NPROC_PER_NODE": "2", "CPTRAIN_PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "recipes/tiny-cpu.toml",
+         f"train.run_dir='{run_dir}'", f"model.tokenizer='{tmp_path / 'tok'}'", "train.steps=100000",
+         "checkpoint.every_steps=100000", "eval.every_steps=0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        _wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), 240, "the first step")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["script", "group", "torchrun"])
 def test_single_node_usr1_saves_and_stops_the_trainers(target, tmp_path, smollm_tokenizer):
@@ -128,17 +147,9 @@ def test_single_node_usr1_saves_and_stops_the_trainers(target, tmp_path, smollm_
     forwards it (left to its default signal list, USR1 killed torchrun alone and the trainers trained on, orphaned);
     the save lands, but torchrun exits 1, and on torch < 2.13 it SIGKILLs trainers still saving after 30 s, which is
     why the script no longer execs torchrun and forwards the signal through it (a 1B save on one H100 took longer)."""
-    smollm_tokenizer.save_pretrained(tmp_path / "tok")
     run_dir = tmp_path / "run"
-    env = {**os.environ, "NPROC_PER_NODE": "2", "CPTRAIN_PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(
-        ["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "recipes/tiny-cpu.toml",
-         f"train.run_dir='{run_dir}'", f"model.tokenizer='{tmp_path / 'tok'}'", "train.steps=100000",
-         "checkpoint.every_steps=100000", "eval.every_steps=0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = _single_node_two_ranks(tmp_path, run_dir, smollm_tokenizer)
     try:
-        metrics = run_dir / "metrics.jsonl"
-        _wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), 240, "the first step")
         if target == "group":  # SIGTERM to the script's process group, as `kill -TERM -PGID` or a service stop
             os.killpg(proc.pid, signal.SIGTERM)
         else:
@@ -159,20 +170,12 @@ def test_single_node_usr1_saves_and_stops_the_trainers(target, tmp_path, smollm_
 
 @pytest.mark.slow
 def test_single_node_ctrl_c_stops_at_once_with_130(tmp_path, smollm_tokenizer):
-    """Ctrl-C (SIGINT to the terminal's foreground process group, the script's): the trainers stop without saving,
-    as `cptrain run` does, and the script exits 130. torchrun runs in the background of the script, which without
-    job control would have started it, and so the trainers, with SIGINT ignored."""
-    smollm_tokenizer.save_pretrained(tmp_path / "tok")
+    """Ctrl-C (SIGINT to the terminal's foreground process group, the script's): the script passes it to the
+    trainers, which stop without saving as `cptrain run` does, and exits 130 (torchrun reports their 130 as a
+    failure, 1)."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "NPROC_PER_NODE": "2", "CPTRAIN_PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(
-        ["bash", str(ROOT / "torchrun_configs" / "single_node.sh"), "recipes/tiny-cpu.toml",
-         f"train.run_dir='{run_dir}'", f"model.tokenizer='{tmp_path / 'tok'}'", "train.steps=100000",
-         "checkpoint.every_steps=100000", "eval.every_steps=0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = _single_node_two_ranks(tmp_path, run_dir, smollm_tokenizer)
     try:
-        metrics = run_dir / "metrics.jsonl"
-        _wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), 240, "the first step")
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
