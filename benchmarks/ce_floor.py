@@ -25,6 +25,7 @@ import sys
 
 import harness
 import torch
+from kernels_ce import measure_matmul_tflops
 
 from cptrain.ops.chunked_ce import _chunk_rows, default_chunk_size, linear_cross_entropy
 
@@ -45,15 +46,6 @@ def event_s(fn, repeats: int) -> float:
         times.append(start.elapsed_time(end) / 1e3)
     times.sort()
     return times[len(times) // 2]
-
-
-def burst_tflops(n: int = 8192, repeats: int = 10) -> float:
-    """kernels_ce.py's rate: the best single n^3 matmul after three warmups."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        torch.mm(a, b)
-    best = min(event_s(lambda: torch.mm(a, b), 1) for _ in range(repeats))
-    return 2 * n**3 / best / 1e12
 
 
 def measure(tokens: int, hidden: int, vocab: int, repeats: int) -> dict:
@@ -105,7 +97,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ns = ap.parse_args()
     shapes = [tuple(map(int, s.split("x"))) for s in ns.shapes.split(",")]
-    burst = burst_tflops()
+    burst = measure_matmul_tflops()  # kernels_ce.py's floor rate
     print(f"burst 8192^3 rate: {burst:.0f} TFLOP/s", flush=True)
     results = []
     for tokens, hidden, vocab in shapes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import os
 import re
 import types
 import typing
@@ -28,6 +29,17 @@ class ConfigError(ValueError):
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
         self.key = key
+
+
+def blocked_folder(path: Path) -> tuple[Path, str] | None:
+    """Why a folder cannot be written or created at `path`, checked before any work: its nearest existing
+    ancestor (or itself) and "file" (a file stands in the way) or "unwritable"; None when it can be."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return existing, "file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return existing, "unwritable"
+    return None
 
 
 def closest(name: str, choices: typing.Iterable[str]) -> str:

@@ -117,7 +117,7 @@ def _generation_config(path: Path) -> dict:
 def _check_model_argument(model_path: str) -> None:
     """What `cptrain generate` is given instead of a model: nothing, a preset name (a shape without weights), a
     path that does not exist, or one file of a model folder."""
-    from cptrain.models.hf import BUILTIN_MODELS
+    from cptrain.models.hf import BUILTIN_MODELS, folder_of_model_file
     from cptrain.models.presets import PRESETS
 
     what = "an HF directory (config.json + safetensors), a .gguf file or builtin:smollm2-135m"
@@ -132,9 +132,10 @@ def _check_model_argument(model_path: str) -> None:
             weights = f" (its weights: {builtin})" if builtin in BUILTIN_MODELS else ""
             raise ConfigError(f"generate: {model_path!r} is a preset, a shape without weights{weights}; give {what}")
         raise ConfigError(f"generate: no model at {model_path!r} (no such file or directory); give {what}")
-    if path.is_file() and path.suffix != ".gguf" and (path.parent / "config.json").is_file():
+    folder = folder_of_model_file(path)
+    if folder is not None:
         raise ConfigError(f"generate: {model_path} is one file of a model folder; give the folder: "
-                          f"`cptrain generate {path.parent} PROMPT`")
+                          f"`cptrain generate {folder} PROMPT`")
 
 
 def _refuse_run_folder(path: Path) -> None:

@@ -7,14 +7,13 @@ whatever topology wrote the checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from cptrain.checkpoint import MARKER, committed_steps
-from cptrain.configtools import ConfigError
+from cptrain.configtools import ConfigError, blocked_folder
 from cptrain.models.decoder import Decoder
 from cptrain.models.hf import export_family, export_hf
 from cptrain.models.presets import ModelArgs
@@ -72,12 +71,12 @@ def _check_out(out: Path, run_dir: Path, overwrite: bool = False) -> None:
     if inside or (resolved / "config.resolved.toml").is_file() or (resolved / "checkpoints").is_dir():
         raise ConfigError(f"export OUT_DIR {out} is a run folder or inside its checkpoints; give a folder of its "
                           f"own, e.g. {run_dir / 'hf'}")
-    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"export OUT_DIR {out}: {existing} is a file, so the folder cannot be created; give a "
+    blocked = blocked_folder(resolved)
+    if blocked and blocked[1] == "file":
+        raise ConfigError(f"export OUT_DIR {out}: {blocked[0]} is a file, so the folder cannot be created; give a "
                           "directory path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"export OUT_DIR {out}: {existing} is not writable (permission denied); give a folder "
+    if blocked:
+        raise ConfigError(f"export OUT_DIR {out}: {blocked[0]} is not writable (permission denied); give a folder "
                           "you can write to")
     held = sorted(p.name for p in resolved.iterdir()) if resolved.is_dir() else []
     if held and not overwrite:

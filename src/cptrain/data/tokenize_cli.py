@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from cptrain.configtools import ConfigError
+from cptrain.configtools import ConfigError, blocked_folder
 from cptrain.data.tokenize import DocumentTokenizer
+from cptrain.metrics import format_eta
 
 PROGRESS_SECONDS = 10.0  # at most one progress line this often while a source is tokenized
 
@@ -43,19 +44,13 @@ class Progress:
             left = ""
             if self.total_bytes and self.bytes:
                 share = min(self.bytes / self.total_bytes, 0.99)  # an estimate: never 100% before the end
-                left = f"; ~{share:.0%} of its text, ~{_duration(seconds * (1 - share) / share)} left"
+                left = f"; ~{share:.0%} of its text, ~{format_eta(seconds * (1 - share) / share)} left"
             print(
                 f"{self.name}: {self.documents:,} documents, {self.tokens:,} tokens so far in {seconds:.0f}s "
                 f"({self.documents / seconds:,.0f} documents/s, {self.tokens / seconds:,.0f} tokens/s){left}",
                 file=sys.stderr,
                 flush=True,
             )
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 class ProgressTokenizer(DocumentTokenizer):
@@ -95,11 +90,11 @@ def load_recipe_tokenizer(recipe: str, overrides: list[str]):
 def _check_cache_dir(cache: Path) -> None:
     """data.cache_dir must be a folder this process can write, or one it can create: checked before any
     source is tokenized (it was a NotADirectoryError or PermissionError traceback at the first shard)."""
-    existing = next(p for p in (cache, *cache.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"data.cache_dir = '{cache}': {existing} is a file; give a folder for the token shards")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"data.cache_dir = '{cache}': {existing} is not writable (permission denied); give a "
+    blocked = blocked_folder(cache)
+    if blocked and blocked[1] == "file":
+        raise ConfigError(f"data.cache_dir = '{cache}': {blocked[0]} is a file; give a folder for the token shards")
+    if blocked:
+        raise ConfigError(f"data.cache_dir = '{cache}': {blocked[0]} is not writable (permission denied); give a "
                           "folder you can write to")
 
 

@@ -44,6 +44,13 @@ def resolve_model_path(path: str) -> Path:
     return p
 
 
+def folder_of_model_file(path: Path) -> Path | None:
+    """The model folder when `path` names one file inside it (config.json, a weight shard...), which commands
+    taking a model refuse with its folder named; a .gguf file is a model by itself."""
+    is_part = path.is_file() and path.suffix != ".gguf" and (path.parent / "config.json").is_file()
+    return path.parent if is_part else None
+
+
 def _is_gguf(path: Path) -> bool:
     return path.is_file() and path.suffix == ".gguf"
 

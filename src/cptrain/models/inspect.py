@@ -24,7 +24,12 @@ def _resolve(model: str) -> tuple[ModelArgs, dict]:
     if model in PRESETS:
         return get_preset(model), {}
     from cptrain.configtools import ConfigError, closest
-    from cptrain.models.hf import args_from_hf_config, load_hf_config, resolve_model_path
+    from cptrain.models.hf import (
+        args_from_hf_config,
+        folder_of_model_file,
+        load_hf_config,
+        resolve_model_path,
+    )
 
     if not model.strip():
         raise ConfigError(f"inspect-model: the model is empty; give {WHAT}")
@@ -37,9 +42,10 @@ def _resolve(model: str) -> tuple[ModelArgs, dict]:
     saved = _run_args(path)
     if saved is not None:
         return saved
-    if path.is_file() and path.suffix != ".gguf" and (path.parent / "config.json").is_file():
+    folder = folder_of_model_file(path)
+    if folder is not None:
         raise ConfigError(f"inspect-model: {model} is one file of a model folder; give the folder: "
-                          f"`cptrain inspect-model {path.parent}`")
+                          f"`cptrain inspect-model {folder}`")
     return args_from_hf_config(load_hf_config(resolve_model_path(model))), {}
 
 
