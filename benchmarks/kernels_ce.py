@@ -6,7 +6,7 @@
 Variants: eager (logits = h @ W.T, upcast, F.cross_entropy), compile (the same under torch.compile,
 dynamic shapes: one compile for the grid), liger (LigerFusedLinearCrossEntropyLoss), cce (Apple's
 cut-cross-entropy, its defaults incl. gradient filtering), ours (cptrain.ops.chunked_ce; ours@N: its chunks
-of at most N tokens instead of the default's ~512 MiB of logits; ours/M: chunk rows in steps of M instead
+of at most N tokens instead of the default (chunked_ce.default_chunk_size: ~768 MiB of logits); ours/M: chunk rows in steps of M instead
 of chunked_ce.ROW_MULTIPLE). A variant
 that is not installed, or runs out of memory, is reported as such and the run goes on.
 
@@ -120,7 +120,7 @@ def _build(name: str):
         from cut_cross_entropy import linear_cross_entropy as cce
 
         return lambda h, w, y: cce(h, w, y, reduction="mean")
-    if name.startswith("ours"):  # ours@N: chunks of at most N tokens (default: ~512 MiB); ours/M: rows in steps of M
+    if name.startswith("ours"):  # ours@N: chunks of at most N tokens; ours/M: rows in steps of M
         from cptrain.ops import chunked_ce
 
         base, _, multiple = name.partition("/")

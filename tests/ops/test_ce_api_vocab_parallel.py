@@ -65,8 +65,8 @@ def test_three_uneven_ranks_match_single_process_and_refuse_bad_labels():
     run_ranks(3, _three_ranks_worker)
 
 
-# slices of 87381 and 87382 rows: the torch path's default chunk is 512 rows for the first, 256 for the second
-_SPLIT_SIZES = [87381, 87382]
+# slices of 98304 and 98305 rows: the torch path's default chunk is 512 rows for the first, 256 for the second
+_SPLIT_SIZES = [98304, 98305]
 
 
 def _default_chunks_differ_worker() -> None:

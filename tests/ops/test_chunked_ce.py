@@ -186,14 +186,19 @@ def test_triton_kernels_match_torch_path_in_interpreter():
 def test_chunk_rows_are_whole_matmul_tiles():
     from cptrain.ops.chunked_ce import _chunk_rows, default_chunk_size
 
-    # ~512 MiB of bf16 logits, in steps of 256 rows (H100's matmul row tiles)
-    assert default_chunk_size(128256, 2) == 2048
-    assert default_chunk_size(151936, 2) == 1792  # 1766 rows fit the budget; 1664 left tiles half empty
-    assert default_chunk_size(49152, 2) == 5376
+    # the largest of GOOD_ROWS within ~768 MiB of bf16 logits
+    assert default_chunk_size(128256, 2) == 3072  # 3139 rows fit the budget
+    assert default_chunk_size(151936, 2) == 2304  # 2650 fit; 2560 is not a good count
+    assert default_chunk_size(49152, 2) == 4096  # 8192 fit; larger counts were not measured
     assert default_chunk_size(10**7, 2) == 256  # never fewer than one step
-    # equal chunks, rounded up to a step, never above chunk_size or the tokens
-    assert _chunk_rows(8192, 1792) == 1792  # 4 x 1792 + 1024
+    assert default_chunk_size(49152, 16) == 1024  # the torch path's fp32 buffers
+    # equal chunks, rounded up to a step, never above chunk_size or the tokens ...
     assert _chunk_rows(8192, 5376) == 4096
+    assert _chunk_rows(8192, 2304) == 2048  # 4 x 2048, not 3 x 2304 + 1280
     assert _chunk_rows(8192, 2048) == 2048
+    assert _chunk_rows(8192, 1792) == 1792  # 4 x 1792 + 1024: equal ones would be 1792 too
     assert _chunk_rows(37, 64) == 37
+    # ... unless the equal size is a poor count and chunk_size a good one: then full chunks and a short last one
+    assert _chunk_rows(8192, 3072) == 3072  # 3072 + 3072 + 2048, not 3 x 2816
+    assert _chunk_rows(32768, 3072) == 3072
     assert _chunk_rows(100, 7) == 7

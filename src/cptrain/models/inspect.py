@@ -127,7 +127,7 @@ def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dic
     tensors outside the blocks; with full checkpointing each block keeps only its bf16 input and one block at
     a time holds its saved tensors; with `model.tiled_mlp = "auto"` as well (when it tiles at this length)
     that block's gate/up are gone and its MLP backward works one tile at a time, so the attention backward
-    sets the peak. The fused loss's logits chunk (at most ~0.5 GiB) lives only in the forward, when less is
+    sets the peak. The fused loss's logits chunk (at most ~0.75 GiB) lives only in the forward, when less is
     held. With the states, 0.89-1.11x of every peak measured on one H100 or H200 (1B, 8B, Qwen-7B shapes;
     8K-128K tokens; with and without checkpointing and tiling)."""
     from cptrain.ops.tiled_mlp import resolve_num_tiles

@@ -32,8 +32,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-# the triton path keeps one [chunk, V] buffer in the input dtype; the torch path holds about four fp32 ones
-_LOGITS_BUDGET_BYTES = 512 * 2**20
+# the triton path keeps one [chunk, V] buffer in the input dtype; the torch path holds about four fp32 ones.
+# 768 MiB: 3072-row chunks at V = 128256, 3-4% faster than the 2048 rows of 512 MiB (ce_chunk_rows.py), and
+# the extra memory at T=128K, V=128K stays under issue 6's 1 GiB
+_LOGITS_BUDGET_BYTES = 768 * 2**20
 _TORCH_PATH_BYTES_PER_LOGIT = 16
 
 
@@ -137,21 +139,30 @@ def _under_autocast(hidden, weight, labels, device_type: str, **kwargs) -> torch
 # half of its last row of tiles idle in two of its three matmuls
 ROW_MULTIPLE = 256
 
+# row counts at which the chunk's three matmuls run well, largest first. Measured on H100
+# (results/2026-11-24-1xh100-ce-chunk-rows.md, H in {2048, 4096}, V in {49152, 128256, 151936}): 2048, 2304,
+# 3072 and 4096 rows run within 4% of the best count for every (H, V); 1792, 2816 and 3328 (7, 11, 13 steps)
+# lose 5-8%, most of it in the d(hidden) matmul, whose output is only rows x H.
+GOOD_ROWS = (4096, 3072, 2304, 2048, 1536, 1024, 768, 512, 256)
+
 
 def default_chunk_size(vocab_local: int, bytes_per_logit: int) -> int:
-    """Rows per chunk so that the chunk's logits buffers stay near the budget: its rows rounded to the nearest
-    multiple of ROW_MULTIPLE (at most half a multiple over budget), at least one multiple."""
+    """Rows per chunk: the largest of GOOD_ROWS whose logits buffers fit the budget (at least ROW_MULTIPLE)."""
     rows = _LOGITS_BUDGET_BYTES // (max(1, vocab_local) * bytes_per_logit)  # a TP rank's slice may be empty
-    return max(ROW_MULTIPLE, (rows + ROW_MULTIPLE // 2) // ROW_MULTIPLE * ROW_MULTIPLE)
+    return next((good for good in GOOD_ROWS if good <= rows), ROW_MULTIPLE)
 
 
 def _chunk_rows(n_tokens: int, chunk_size: int) -> int:
     """Rows per chunk: as few chunks of at most `chunk_size` as cover the tokens, of equal size rounded up to
-    a multiple of ROW_MULTIPLE (8192 tokens with chunk_size 5376 run as 2 x 4096, not 5376 + a slower 2816)."""
+    a multiple of ROW_MULTIPLE (8192 tokens with chunk_size 5376 run as 2 x 4096, not 5376 + a slower 2816),
+    unless that size is not one of GOOD_ROWS and chunk_size is: then full chunks of chunk_size and a shorter
+    last one (8192 tokens with 3072 run as 3072 + 3072 + 2048, not 3 x 2816)."""
     n_chunks = -(-n_tokens // chunk_size)
     rows = -(-n_tokens // max(1, n_chunks))
     if rows > ROW_MULTIPLE:
         rows = -(-rows // ROW_MULTIPLE) * ROW_MULTIPLE
+        if rows not in GOOD_ROWS and chunk_size in GOOD_ROWS:
+            rows = chunk_size
     return max(1, min(rows, chunk_size, n_tokens))
 
 
