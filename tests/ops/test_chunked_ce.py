@@ -169,7 +169,7 @@ _INTERPRETED = """
 import torch
 from cptrain.ops.chunked_ce import linear_cross_entropy
 from test_chunked_ce import grads_of, make_case
-for kw in (dict(reduction="sum"), dict(reduction="mean", z_loss=1e-2, softcap=3.0)):
+for kw in (dict(reduction="sum"), dict(reduction="mean", softcap=3.0), dict(reduction="mean", z_loss=1e-2, softcap=3.0)):
     h, w, y = make_case(n=21, v=70)
     want = grads_of(lambda: linear_cross_entropy(h, w, y, chunk_size=8, impl="torch", **kw), h, w)
     got = grads_of(lambda: linear_cross_entropy(h, w, y, chunk_size=8, impl="triton", **kw), h, w)
@@ -181,6 +181,38 @@ print("ok")
 
 def test_triton_kernels_match_torch_path_in_interpreter():
     assert_interpreted_ok(_INTERPRETED)
+
+
+# shifted_exp_ with 16-column blocks: row 0 jumps by 100 in its fourth block (past the 40 of slack: the row so far
+# is rescaled), row 1 rises block by block (slack 0: rescaled at every block), row 2's label is ignored
+_SHIFTED_EXP = """
+import torch
+from cptrain.ops.triton_ce import shifted_exp_
+g = torch.Generator().manual_seed(0)
+logits = torch.randn(3, 70, generator=g)
+logits[0, 50] += 100.0
+logits[1] += torch.arange(70) * 0.5
+labels = torch.tensor([50, 3, -100])
+scale = torch.tensor([0.5, 0.5, 0.0])
+for slack in (40.0, 0.0):
+    for softcap in (None, 20.0):
+        buf = logits.clone()
+        lse, target, s = shifted_exp_(buf, labels, scale, 0, -100, softcap, block=16, slack=slack)
+        z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+        want = torch.softmax(z, dim=1) * scale[:, None]
+        want[torch.arange(2), labels[:2]] -= scale[:2]
+        if softcap is not None:
+            want *= 1 - (z / softcap) ** 2
+        torch.testing.assert_close(lse, torch.logsumexp(z, dim=1))
+        torch.testing.assert_close(target[:2], z[torch.arange(2), labels[:2]])
+        assert target[2] == 0 and s[2] == 0
+        torch.testing.assert_close(buf * s[:, None], want, rtol=1e-5, atol=1e-7)
+print("ok")
+"""
+
+
+def test_one_pass_kernel_rescales_rows_whose_logits_jump():
+    assert_interpreted_ok(_SHIFTED_EXP)
 
 
 def test_chunk_rows_are_whole_matmul_tiles():

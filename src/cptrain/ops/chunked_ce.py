@@ -7,8 +7,10 @@ those two gradients outlive the chunk. The backward just scales them by the inco
 matmul work is exactly the 6*T*H*V flops of an unfused forward + backward, and the extra memory is
 one [chunk, V] buffer.
 
-- CUDA with Triton: logits in the input dtype from cuBLAS, then two Triton passes over the chunk
-  (ops/triton_ce.py) for log-sum-exp and the in-place logits gradient, fp32 inside.
+- CUDA with Triton: logits in the input dtype from cuBLAS, then one Triton pass over the chunk
+  (ops/triton_ce.py) that leaves the logits gradient in place up to a per-row scale, which is applied to
+  the gradient matmuls' [chunk, H] operands instead; with z-loss or vocabulary parallel, which need the
+  row's log-sum-exp first, two passes (log-sum-exp, then the gradient). fp32 arithmetic inside.
 - Elsewhere (CPU, no Triton): the same loop in plain PyTorch, fp32 math.
 
 Gradient accumulation: d(hidden) is complete per chunk (one matmul over the whole vocabulary);
@@ -232,6 +234,13 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
             logits = torch.mm(h, weight.t(), out=buffer[: end - start])
         else:
             logits = h @ weight.t()
+        if need_grads and opts.use_triton and group is None and not opts.z_loss:
+            # one pass instead of two (ops/triton_ce.py); the gradient's per-row scale goes on the [rows, H] sides
+            lse, target = _one_pass_grads(logits, h, y, scale, weight, opts,
+                                                      grad_hidden[start:end] if grad_hidden is not None else None,
+                                                      grad_weight, first=start == 0)
+            total += torch.where(valid[start:end], lse - target, 0.0).sum()
+            continue
         lse, target = _row_stats(logits, y, vocab_start, opts)
         if group is not None:
             lse, target = _combine_over_vocab(lse, target, group)
@@ -256,6 +265,26 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     if opts.reduction == "mean":
         total = total / n_valid.clamp(min=1)
     return total, grad_hidden, grad_weight
+
+
+def _one_pass_grads(logits, h, labels, scale, weight, opts: _Options, grad_hidden, grad_weight, first: bool):
+    """The chunk's loss terms, its d(hidden) rows written into `grad_hidden` and its d(weight) added into
+    `grad_weight` (written when `first`), from `shifted_exp_`'s unscaled gradient: d(hidden) = s * (E @ W),
+    the product taken in fp32 before the scale; d(weight) += E^T @ (s * h)."""
+    from cptrain.ops.triton_ce import row_scale, shifted_exp_
+
+    lse, target, s = shifted_exp_(logits, labels, scale, 0, opts.ignore_index, opts.softcap)
+    if grad_hidden is not None:
+        unscaled = (torch.mm(logits, weight, out_dtype=torch.float32) if logits.dtype != torch.float32
+                    else torch.mm(logits, weight))
+        row_scale(unscaled, s, grad_hidden)
+    if grad_weight is not None:
+        h_scaled = row_scale(h, s, torch.empty_like(h))
+        if first:
+            torch.mm(logits.t(), h_scaled, out=grad_weight)
+        else:
+            grad_weight.addmm_(logits.t(), h_scaled)
+    return lse, target
 
 
 def _row_stats(logits, labels, vocab_start: int, opts: _Options):

@@ -1,9 +1,12 @@
 """Triton kernels for one chunk of the fused linear cross-entropy (see chunked_ce.py).
 
-The logits chunk [rows, V] comes from a cuBLAS matmul; these kernels make two passes over it:
-`row_stats` reads it once for the per-row log-sum-exp and target logit, `logits_grad_` reads it
-again and overwrites it in place with d(loss)/d(logits), ready for the two gradient matmuls. All
-arithmetic is fp32 whatever the storage dtype. One program per row: chunks have thousands of rows,
+The logits chunk [rows, V] comes from a cuBLAS matmul. With gradients the usual path is one pass,
+`shifted_exp_`: it reads each row once and overwrites it with exp(logit - shift), where the shift is
+fixed early in the row, not the final log-sum-exp, so the gradient is that buffer times a per-row scale
+(applied to the small [rows, H] operands of the two gradient matmuls, `row_scale`), except at the target
+column, which it rewrites at the end of the row. Otherwise two passes: `row_stats` for the per-row
+log-sum-exp and target logit, then `logits_grad_`, which overwrites the logits with d(loss)/d(logits).
+All arithmetic is fp32 whatever the storage dtype. One program per row: chunks have thousands of rows,
 enough to fill the GPU, and a row never needs a cross-program reduction. The vocabulary size is a
 compile-time constant: it is fixed for a run, and the loop bounds become static.
 
@@ -74,6 +77,99 @@ def _logits_grad_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, coef_ptr, s
             t = z / softcap
             grad = grad * (1.0 - t * t)
         tl.store(base + offs, grad.to(logits_ptr.dtype.element_ty), mask=inside)
+
+
+# how far above the row's shift a later block's maximum may go before the row written so far is rescaled to
+# a new shift: stored values stay below e^40 (bf16 and fp32 hold up to ~3e38), and a real model's logits
+# rarely spread that far, so the rescale (a second read and write of the row so far) almost never runs
+_SHIFT_SLACK = 40.0
+
+
+@triton.jit
+def _shifted_exp_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, lse_ptr, target_ptr, row_scale_ptr,
+                        vocab_start, ignore_index, softcap, n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                        BLOCK: tl.constexpr, SLACK: tl.constexpr):
+    # d loss / d logit_v = scale * (softmax_v - [v == label]) (times tanh' when capped)
+    #                    = (scale / total) * (e_v - total * [v == label]),  e_v = exp(z_v - shift), total = sum e_v
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * stride_row
+    label = tl.load(labels_ptr + row)
+    local = label - vocab_start
+    hit = (label != ignore_index) & (local >= 0) & (local < n_cols)
+    target = tl.load(base + local, mask=hit, other=0.0).to(tl.float32)  # before the row is overwritten
+    target = tl.where(hit, _softcapped(target, softcap, HAS_SOFTCAP), 0.0)
+    shift = float("-inf")
+    total = 0.0
+    for start in range(0, n_cols, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        inside = offs < n_cols
+        x = tl.load(base + offs, mask=inside, other=0.0).to(tl.float32)
+        z = tl.where(inside, _softcapped(x, softcap, HAS_SOFTCAP), float("-inf"))
+        block_max = tl.max(z, 0)
+        if block_max > shift + SLACK:  # the first block, or (rarely) a much larger logit: a new shift
+            factor = tl.exp(shift - block_max)
+            total = total * factor
+            for done in range(0, start, BLOCK):
+                back = done + tl.arange(0, BLOCK)
+                old = tl.load(base + back).to(tl.float32)
+                tl.store(base + back, (old * factor).to(logits_ptr.dtype.element_ty))
+            shift = block_max
+        e = tl.exp(z - shift)
+        total += tl.sum(e, 0)
+        if HAS_SOFTCAP:
+            t = tl.where(inside, z / softcap, 0.0)
+            e = e * (1.0 - t * t)
+        tl.store(base + offs, e.to(logits_ptr.dtype.element_ty), mask=inside)
+    tl.store(lse_ptr + row, shift + tl.log(total))
+    tl.store(target_ptr + row, target)
+    tl.store(row_scale_ptr + row, tl.load(scale_ptr + row) / total)
+    g = tl.exp(target - shift) - total  # fp32, so a confident prediction's (p - 1) keeps its digits
+    if HAS_SOFTCAP:
+        t = target / softcap
+        g = g * (1.0 - t * t)
+    tl.store(base + local, g.to(logits_ptr.dtype.element_ty), mask=hit)
+
+
+def shifted_exp_(logits: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, vocab_start: int,
+                 ignore_index: int, softcap: float | None, block: int = _BLOCK, num_warps: int = _NUM_WARPS,
+                 slack: float = _SHIFT_SLACK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Overwrite `logits` with the unscaled gradient e_v = exp(z_v - shift) (e_y - total at the target column);
+    returns per-row fp32 (log-sum-exp, target logit, row scale). d(loss)/d(logits) = row scale * logits.
+    `scale`: each row's weight in the loss (0 on ignored rows). No z-loss and one vocabulary slice only: both
+    need the row's log-sum-exp before its gradient."""
+    _check(logits, labels)
+    rows, n_cols = logits.shape
+    lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    target, row_scale = torch.empty_like(lse), torch.empty_like(lse)
+    if rows:
+        _shifted_exp_kernel[(rows,)](logits, logits.stride(0), labels, scale, lse, target, row_scale, vocab_start,
+                                     ignore_index, float(softcap or 1.0), n_cols=n_cols,
+                                     HAS_SOFTCAP=softcap is not None, BLOCK=block, SLACK=slack,
+                                     num_warps=num_warps)
+    return lse, target, row_scale
+
+
+@triton.jit
+def _row_scale_kernel(x_ptr, scale_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n_cols
+    x = tl.load(x_ptr + row * n_cols + offs, mask=inside, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * n_cols + offs, (x * tl.load(scale_ptr + row)).to(out_ptr.dtype.element_ty),
+             mask=inside)
+
+
+def row_scale(x: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[i] = x[i] * scale[i] for contiguous [rows, cols] x and out (any float dtypes), fp32 product rounded
+    once into out's dtype; returns out."""
+    if not (x.is_contiguous() and out.is_contiguous()) or x.shape != out.shape or x.ndim != 2:
+        raise ValueError(f"row_scale: expected contiguous [rows, cols] x and out of one shape, got "
+                         f"{tuple(x.shape)} and {tuple(out.shape)}")
+    rows, cols = x.shape
+    if rows and cols:
+        block = min(2048, triton.next_power_of_2(cols))
+        _row_scale_kernel[(rows, triton.cdiv(cols, block))](x, scale, out, cols, BLOCK=block, num_warps=4)
+    return out
 
 
 def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:
