@@ -53,20 +53,21 @@ def test_bf16_triton_vs_fp32_reference(kw):
 
 
 def test_confident_predictions_keep_their_gradient():
-    """Targets the model already predicts with p ~ 0.99-1: their logit's gradient p - 1 is small and must be
-    taken in fp32 before any bf16 rounding (the one-pass kernel writes it at the end of the row)."""
+    """Targets the model already predicts with p ~ 0.95-1: their logit's gradient p - 1 is small and must be
+    taken in fp32 before any bf16 rounding (the one-pass kernel writes it at the end of the row). Against the
+    torch path, which rounds the logits to bf16 the same way (at these magnitudes that rounding alone moves
+    the loss by more than the fp32 reference's tolerances), then computes in fp32."""
     hidden, weight, labels = bf16_case(2048, 1024, 32000, seed=3)
     hidden = hidden * 32  # logits with a standard deviation of ~64: the top one usually leads by ~10 or more
     labels = (hidden.float() @ weight.float().t()).argmax(dim=1)
-    want = loss_and_grads(lambda h, w: naive_loss(h.float(), w.float(), labels, reduction="mean"), hidden,
-                          weight)
-    got = loss_and_grads(lambda h, w: linear_cross_entropy(h, w, labels, reduction="mean", chunk_size=512),
-                         hidden, weight)
-    p_target = torch.exp(-want[0]).item()  # the geometric mean of the targets' probabilities
+    kw = dict(reduction="mean", chunk_size=512)
+    ref = loss_and_grads(lambda h, w: linear_cross_entropy(h, w, labels, impl="torch", **kw), hidden, weight)
+    got = loss_and_grads(lambda h, w: linear_cross_entropy(h, w, labels, impl="triton", **kw), hidden, weight)
+    p_target = torch.exp(-ref[0]).item()  # the geometric mean of the targets' probabilities
     assert p_target > 0.9, p_target
-    torch.testing.assert_close(got[0], want[0], rtol=2e-3, atol=1e-3)
-    assert rel_err(got[1], want[1]) < 1e-2
-    assert rel_err(got[2], want[2]) < 1e-2
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
+    assert rel_err(got[1], ref[1]) < 5e-3
+    assert rel_err(got[2], ref[2]) < 5e-3
 
 
 def test_triton_path_matches_torch_path():
