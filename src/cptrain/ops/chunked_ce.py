@@ -237,8 +237,8 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         if need_grads and opts.use_triton and group is None and not opts.z_loss:
             # one pass instead of two (ops/triton_ce.py); the gradient's per-row scale goes on the [rows, H] sides
             lse, target = _one_pass_grads(logits, h, y, scale, weight, opts,
-                                                      grad_hidden[start:end] if grad_hidden is not None else None,
-                                                      grad_weight, first=start == 0)
+                                          grad_hidden[start:end] if grad_hidden is not None else None,
+                                          grad_weight, first=start == 0)
             total += torch.where(valid[start:end], lse - target, 0.0).sum()
             continue
         lse, target = _row_stats(logits, y, vocab_start, opts)
