@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32768, help="about this many tokens per call")
     ap.add_argument("--repeats", type=int, default=3)
     ns = ap.parse_args()
+    harness.require_cuda()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     results = []
     for hidden in map(int, ns.hidden.split(",")):

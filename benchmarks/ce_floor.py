@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--shapes", default=SHAPES, help="TxHxV,... (tokens x hidden x vocab)")
     ap.add_argument("--repeats", type=int, default=5)
     ns = ap.parse_args()
+    harness.require_cuda()
     shapes = [tuple(map(int, s.split("x"))) for s in ns.shapes.split(",")]
     burst = measure_matmul_tflops()  # kernels_ce.py's floor rate
     print(f"burst 8192^3 rate: {burst:.0f} TFLOP/s", flush=True)

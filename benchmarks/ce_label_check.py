@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--step-ms", type=float, default=131.8, help="the training step's device time to compare "
                     "with (question 1's profiled step: results/2026-11-23-1xh100-profile-q1-norm.md)")
     ns = ap.parse_args()
+    harness.require_cuda()
     dev = "cuda"
     hidden = torch.randn(ns.tokens, ns.hidden, device=dev, dtype=torch.bfloat16, requires_grad=True)
     weight = (torch.randn(ns.vocab, ns.hidden, device=dev, dtype=torch.bfloat16) * 0.02).requires_grad_()

@@ -155,6 +155,17 @@ def kernel_ms(once: Callable[[], object], repeats: int) -> dict[str, float]:
     return dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
 
 
+def require_cuda() -> None:
+    """One line and exit status 2, not an assertion from deep inside torch, when a GPU-only benchmark is started
+    on a machine without a CUDA GPU (its --help still works there)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"{Path(sys.argv[0]).name}: needs a CUDA GPU, and torch {torch.__version__} sees none here; "
+              "benchmarks/README.md has the GPU commands", file=sys.stderr)
+        sys.exit(2)
+
+
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 

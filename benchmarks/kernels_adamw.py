@@ -150,6 +150,7 @@ def main() -> None:
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="HBM GB/s for the '%% of bandwidth' column "
                    "(default: 3350 for H100 SXM, 4800 for H200)")
     args = p.parse_args()
+    harness.require_cuda()
     command = shlex.join(["python3", *sys.argv])
     info = harness.device_info()
     bw = args.bandwidth_gbs or (4800.0 if "H200" in info["device_name"] else 3350.0)

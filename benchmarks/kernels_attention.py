@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: FlexAttention with inductor's defaults only (no kernel_options sweep); "
                         "varlen: the variable-length kernels only")
     ns = p.parse_args(argv)
+    harness.require_cuda()
     info = harness.device_info()
     dev = torch.device("cuda")
     # every setting is its own compilation of the same function: keep them all instead of falling back

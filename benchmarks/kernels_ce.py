@@ -236,6 +236,7 @@ def main() -> None:
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                    help="skip timing ours' matmuls and Triton passes on one 2048 x 128256 chunk")
     args = p.parse_args()
+    harness.require_cuda()
     command = shlex.join(["python3", *sys.argv])
     info = harness.device_info()
     try:

@@ -99,6 +99,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
+    harness.require_cuda()
     info = harness.device_info()
     rows = []
     for preset in args.presets.split(","):

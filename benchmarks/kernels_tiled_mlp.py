@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=150.0, help="stop starting new shapes after this")
     args = p.parse_args()
+    harness.require_cuda()
     command = shlex.join(["python3", *sys.argv])
     info = harness.device_info()
     t_start = time.perf_counter()

@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--repeats", type=int, default=15)
     args = p.parse_args()
+    harness.require_cuda()
     info = harness.device_info()
     torch.manual_seed(0)
     blocks = block_params(args.preset, "cuda")
