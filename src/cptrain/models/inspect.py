@@ -118,6 +118,15 @@ def _attention_work_per_token(args: ModelArgs) -> int:
     return max(0, _ATTENTION_PEAK_BYTES_PER_DIM * args.dim - _attention_saved_per_token(args))
 
 
+def _loss_work(args: ModelArgs, tokens: int) -> int:
+    """The fused loss's buffers for one chunk (ops/chunked_ce.py, the Triton path): the bf16 [rows, vocab] logits,
+    d(hidden) rows in fp32 before their scale and the scaled hidden rows (bf16)."""
+    from cptrain.ops.chunked_ce import default_chunk_size
+
+    rows = min(tokens, default_chunk_size(args.vocab_size, 2))
+    return rows * (2 * args.vocab_size + 6 * args.dim)
+
+
 def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dict[str, float]:
     """GiB per GPU with no sharding. States: fp32 master params + fp32 grads + AdamW (2 x fp32) = 16 B/param,
     or bf16 weights, grads and AdamW states (`precision.master_dtype = "bf16"`) = 8 B/param.
@@ -127,8 +136,8 @@ def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dic
     tensors outside the blocks; with full checkpointing each block keeps only its bf16 input and one block at
     a time holds its saved tensors; with `model.tiled_mlp = "auto"` as well (when it tiles at this length)
     that block's gate/up are gone and its MLP backward works one tile at a time, so the attention backward
-    sets the peak. The fused loss's logits chunk (at most ~0.75 GiB) lives only in the forward, when less is
-    held. With the states, 0.89-1.11x of every peak measured on one H100 or H200 (1B, 8B, Qwen-7B shapes;
+    sets the peak. The fused loss's chunk buffers (_loss_work) exist between the last block's forward and the
+    first backward, beside whatever the blocks keep then; at short lengths they can set the peak. With the states, 0.89-1.11x of every peak measured on one H100 or H200 (1B, 8B, Qwen-7B shapes;
     8K-128K tokens; with and without checkpointing and tiling)."""
     from cptrain.ops.tiled_mlp import resolve_num_tiles
 
@@ -140,14 +149,15 @@ def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dic
     checkpoints = tokens * args.dim * 2 * args.n_layers
     attention_work = tokens * _attention_work_per_token(args)
     work = max(tokens * _mlp_work_per_token(args, 1), attention_work)
-    tiled = (checkpoints + tokens * _attention_saved_per_token(args)
-             + max(tokens * _mlp_work_per_token(args, tiles), attention_work))
+    loss = _loss_work(args, tokens)
+    tiled = checkpoints + max(tokens * _attention_saved_per_token(args)
+                              + max(tokens * _mlp_work_per_token(args, tiles), attention_work), loss)
     return {
         "weights_bf16": 2 * n / GIB,
         "params_grads_adam_fp32": 16 * n / GIB,
         "params_grads_adam_bf16": 8 * n / GIB,
-        "activations_no_ckpt": (args.n_layers * saved + work + outside) / GIB,
-        "activations_full_ckpt": (checkpoints + saved + work + outside) / GIB,
+        "activations_no_ckpt": (args.n_layers * saved + max(work, loss) + outside) / GIB,
+        "activations_full_ckpt": (checkpoints + max(saved + work, loss) + outside) / GIB,
         # None: auto does not tile at this length, so the line above already holds
         "activations_full_ckpt_tiled": (tiled + outside) / GIB if tiles > 1 else None,
     }
