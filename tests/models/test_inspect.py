@@ -133,7 +133,9 @@ def test_tiled_mlp_estimate_only_where_auto_tiles(capsys):
     assert "tiled_mlp" not in capsys.readouterr().out
 
 
-MEASURED = Path(__file__).resolve().parents[2] / "benchmarks/results/2026-11-23-1xh100-activation-memory.json"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks/results"
+# the 11-23 run, with the cases measured again on 11-24 (the fused loss's larger chunk) taken from that run
+MEASURED = [RESULTS / "2026-11-23-1xh100-activation-memory.json", RESULTS / "2026-11-24-1xh100-activation-memory.json"]
 
 
 def test_estimate_within_15_percent_of_measured_peaks():
@@ -143,7 +145,8 @@ def test_estimate_within_15_percent_of_measured_peaks():
     llama3.1-8b step at 8K without checkpointing; a first rewrite read 0.61x with a tiled MLP at 128K."""
     from cptrain.models.inspect import GIB, memory_estimate
 
-    rows = [r for r in json.loads(MEASURED.read_text())["rows"] if r.get("status") == "ok"]
+    latest = {r["case"]: r for path in MEASURED for r in json.loads(path.read_text())["rows"] if r.get("status") == "ok"}
+    rows = list(latest.values())
     assert len(rows) >= 12
     for r in rows:
         args = PRESETS[r["preset"]].replace(n_layers=r["layers"])
