@@ -102,3 +102,29 @@ def test_llama3_vocab_default_chunking_memory_and_accuracy():
     torch.testing.assert_close(loss.detach(), want[0], rtol=1e-3, atol=1e-3)
     assert rel_err(hid.grad, want[1]) < 1e-2
     assert rel_err(w.grad, want[2]) < 1e-2
+
+
+@pytest.mark.parametrize("slack", [40.0, 0.0], ids=["default-slack", "rescale-every-block"])
+def test_one_pass_kernel_on_gpu_rescales_rows_whose_logits_jump(slack):
+    """The compiled kernel's rescale branch (the CPU test runs the interpreter): rows whose later blocks hold much
+    larger logits, bf16 storage, against fp32 softmax."""
+    from cptrain.ops.triton_ce import shifted_exp_
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    logits = torch.randn(64, 50000, device="cuda", generator=g) * 3
+    logits[::2, 40000] += 90.0  # past the default slack: the even rows are rescaled once
+    logits[1::4] += torch.linspace(0, 60, 50000, device="cuda")  # rising across the blocks
+    labels = torch.randint(0, 50000, (64,), device="cuda", generator=g)
+    labels[::2] = 40000
+    labels[3] = IGNORE
+    scale = torch.full((64,), 0.25, device="cuda")
+    scale[3] = 0.0
+    buf = logits.bfloat16()
+    lse, target, s = shifted_exp_(buf, labels, scale, 0, IGNORE, None, slack=slack)
+    z = buf.float()  # the kernel reads the bf16 logits
+    want = torch.softmax(z, dim=1) * scale[:, None]
+    rows = torch.arange(64, device="cuda")[labels != IGNORE]
+    want[rows, labels[rows]] -= scale[rows]
+    torch.testing.assert_close(lse, torch.logsumexp(z, dim=1), rtol=1e-5, atol=1e-4)
+    assert rel_err(buf.float() * s[:, None], want) < 1e-2
+    assert s[3] == 0
