@@ -120,8 +120,8 @@ def test_one_pass_kernel_on_gpu_rescales_rows_whose_logits_jump(slack):
     scale = torch.full((64,), 0.25, device="cuda")
     scale[3] = 0.0
     buf = logits.bfloat16()
+    z = buf.float()  # what the kernel reads, before it overwrites buf
     lse, target, s = shifted_exp_(buf, labels, scale, 0, IGNORE, None, slack=slack)
-    z = buf.float()  # the kernel reads the bf16 logits
     want = torch.softmax(z, dim=1) * scale[:, None]
     rows = torch.arange(64, device="cuda")[labels != IGNORE]
     want[rows, labels[rows]] -= scale[rows]
