@@ -25,10 +25,11 @@ import tomllib
 from peers import cptrain_peer, torchtitan_peer
 
 from cptrain.flops import flops_per_token, peak_bf16_flops
-from cptrain.models.presets import get_preset
+from cptrain.models.presets import PRESETS, get_preset
 
 HF_LOOP = Path(__file__).resolve().parent / "peers" / "hf_loop.py"
 RECIPES = harness.REPO / "recipes"
+PEERS = ("cptrain", "hf", "hf-liger", "torchtitan")
 QUESTIONS = {
     1: {"shape": "llama3.2-1b", "seq_len": 8192, "budget_s": 500, "goal": 1.3,
         "title": "Q1: training throughput, llama3.2-1b shape, 1 GPU, batch 1 x 8192"},
@@ -221,7 +222,7 @@ tie the lm_head to the embedding (1B: 1.50B parameters instead of 1.24B).
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--question", type=int, choices=sorted(QUESTIONS), required=True)
-    p.add_argument("--peers", default="cptrain,hf,hf-liger,torchtitan", help="comma-separated subset")
+    p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset")
     p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--budget-s", type=float, help="wall-clock budget for all variants (default per question)")
@@ -237,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = QUESTIONS[ns.question]
     ns.shape, ns.seq_len = ns.shape or spec["shape"], ns.seq_len or spec["seq_len"]
     ns.peers = set(ns.peers.split(","))
+    unknown = sorted(ns.peers - set(PEERS))
+    if unknown:  # a typo would otherwise run nothing for that peer and still write a results table
+        p.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    if ns.recipe is not None and not ns.recipe.is_file():
+        p.error(f"--recipe {ns.recipe}: no such file")
+    if ns.shape not in PRESETS:
+        p.error(f"--shape {ns.shape}: not a cptrain preset; choose from {', '.join(sorted(PRESETS))}")
     if ns.recipe is None:
         own = RECIPES / f"bench-{ns.shape}.toml"
         ns.recipe = own if own.exists() else RECIPES / "bench-llama3.2-1b.toml"

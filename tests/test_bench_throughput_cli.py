@@ -16,7 +16,9 @@ def test_work_dir_holds_the_run_folder(tmp_path, monkeypatch, capsys):
         "--question",
         "1",
         "--peers",
-        "none",
+        "cptrain",
+        "--budget-s",
+        "0.001",  # every variant is listed as skipped: nothing runs
         "--results-dir",
         str(tmp_path / "results"),
         "--work-dir",
@@ -34,3 +36,17 @@ def test_help_documents_work_dir(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--work-dir WORK_DIR where each run makes its work folder" in text
     assert str(Path(throughput.harness.REPO) / "runs" / "bench") in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--peers", "cptrain,hf-ligre"], "--peers: unknown hf-ligre; choose from cptrain, hf, hf-liger, torchtitan"),
+    (["--recipe", "no-such.toml"], "--recipe no-such.toml: no such file"),
+    (["--shape", "llama3-1b"], "--shape llama3-1b: not a cptrain preset"),
+])
+def test_bad_arguments_stop_before_anything_runs(tmp_path, capsys, args, message):
+    """A typo used to run nothing for that peer (or no cptrain at all) and still write a results table."""
+    with pytest.raises(SystemExit) as e:
+        throughput.main(["--question", "1", "--results-dir", str(tmp_path / "results"),
+                         "--work-dir", str(tmp_path / "work"), *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
