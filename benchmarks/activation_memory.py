@@ -157,6 +157,9 @@ def main() -> int:
     ns = p.parse_args()
     if ns.rescore:
         return rescore(ns.rescore)
+    unknown = sorted(set(ns.only.split(",")) - {case_name(c) for c in CASES}) if ns.only else []
+    if unknown:  # a typo would silently measure fewer cases
+        p.error(f"--only: unknown case {', '.join(unknown)}; the cases are {', '.join(case_name(c) for c in CASES)}")
     cases = CASES if not ns.only else [c for c in CASES if case_name(c) in ns.only.split(",")]
     ns.work.mkdir(parents=True, exist_ok=True)
     info = harness.device_info()

@@ -149,6 +149,9 @@ def main() -> int:
     ns.base_src = ns.base_src.resolve()
     ns.mid_src = ns.mid_src.resolve() if ns.mid_src else None
     by_name = {v[0]: v for v in VARIANTS}
+    unknown = sorted(set(ns.only.split(",")) - set(by_name)) if ns.only else []
+    if unknown:
+        p.error(f"--only: unknown variant {', '.join(unknown)}; choose from {', '.join(by_name)}")
     chosen = [by_name[n] for n in ns.only.split(",")] if ns.only else [v for v in VARIANTS if v[0] != "mid"]
     info = harness.device_info()
     work = harness.REPO / "runs" / "bench" / f"cptrain-speed-{time.strftime('%Y%m%d-%H%M%S')}"
