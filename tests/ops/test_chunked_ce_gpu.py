@@ -128,3 +128,24 @@ def test_one_pass_kernel_on_gpu_rescales_rows_whose_logits_jump(slack):
     torch.testing.assert_close(lse, torch.logsumexp(z, dim=1), rtol=1e-5, atol=1e-4)
     assert rel_err(buf.float() * s[:, None], want) < 1e-2
     assert s[3] == 0
+
+
+def test_fp16_takes_the_two_pass_kernels():
+    """fp16 logits cannot hold the one-pass kernel's unscaled values (up to e^40 and the row's sum): with a row
+    sum above 65504 (a 128K vocabulary of near-equal logits) the fp16 call must still match the torch path."""
+    g = torch.Generator(device="cuda").manual_seed(5)
+    hidden = (torch.randn(1024, 256, device="cuda", generator=g) * 0.01).half()
+    weight = (torch.randn(128256, 256, device="cuda", generator=g) * 0.01).half()
+    labels = torch.randint(0, 128256, (1024,), device="cuda", generator=g)
+    kw = dict(reduction="mean", chunk_size=512)
+    ref = loss_and_grads(lambda h, w: linear_cross_entropy(h, w, labels, impl="torch", **kw), hidden, weight)
+    got = loss_and_grads(lambda h, w: linear_cross_entropy(h, w, labels, impl="triton", **kw), hidden, weight)
+    assert torch.isfinite(got[1]).all() and torch.isfinite(got[2]).all()
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    assert rel_err(got[1], ref[1]) < 5e-3
+    assert rel_err(got[2], ref[2]) < 5e-3
+    with pytest.raises(ValueError, match="fp16 logits"):
+        from cptrain.ops.triton_ce import shifted_exp_
+
+        shifted_exp_(torch.zeros(2, 8, device="cuda", dtype=torch.float16), labels[:2] % 8,
+                     torch.ones(2, device="cuda"), 0, IGNORE, None)

@@ -10,7 +10,8 @@ one [chunk, V] buffer.
 - CUDA with Triton: logits in the input dtype from cuBLAS, then one Triton pass over the chunk
   (ops/triton_ce.py) that leaves the logits gradient in place up to a per-row scale, which is applied to
   the gradient matmuls' [chunk, H] operands instead; with z-loss or vocabulary parallel, which need the
-  row's log-sum-exp first, two passes (log-sum-exp, then the gradient). fp32 arithmetic inside.
+  row's log-sum-exp first, or fp16 logits, whose range cannot hold the unscaled values, two passes
+  (log-sum-exp, then the gradient). fp32 arithmetic inside.
 - Elsewhere (CPU, no Triton): the same loop in plain PyTorch, fp32 math.
 
 Gradient accumulation: d(hidden) is complete per chunk (one matmul over the whole vocabulary);
@@ -234,8 +235,9 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
             logits = torch.mm(h, weight.t(), out=buffer[: end - start])
         else:
             logits = h @ weight.t()
-        if need_grads and opts.use_triton and group is None and not opts.z_loss:
-            # one pass instead of two (ops/triton_ce.py); the gradient's per-row scale goes on the [rows, H] sides
+        if need_grads and opts.use_triton and group is None and not opts.z_loss and logits.dtype != torch.float16:
+            # one pass instead of two (ops/triton_ce.py); the gradient's per-row scale goes on the [rows, H] sides.
+            # Not in fp16: its unscaled values (up to e^40, and the row's sum at the target) overflow 65504
             lse, target = _one_pass_grads(logits, h, y, scale, weight, opts,
                                           grad_hidden[start:end] if grad_hidden is not None else None,
                                           grad_weight, first=start == 0)

@@ -136,7 +136,10 @@ def shifted_exp_(logits: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor
     """Overwrite `logits` with the unscaled gradient e_v = exp(z_v - shift) (e_y - total at the target column);
     returns per-row fp32 (log-sum-exp, target logit, row scale). d(loss)/d(logits) = row scale * logits.
     `scale`: each row's weight in the loss (0 on ignored rows). No z-loss and one vocabulary slice only: both
-    need the row's log-sum-exp before its gradient."""
+    need the row's log-sum-exp before its gradient. bf16 or fp32 logits only: the unscaled values reach e^slack
+    and the row's sum, beyond fp16's 65504."""
+    if logits.dtype == torch.float16:
+        raise ValueError("shifted_exp_: fp16 logits cannot hold the unscaled gradient; use row_stats + logits_grad_")
     _check(logits, labels)
     rows, n_cols = logits.shape
     lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
