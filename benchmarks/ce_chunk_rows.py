@@ -19,36 +19,17 @@ import sys
 
 import harness
 import torch
-from kernels_ce import _time_ms, host_ahead
+from kernels_ce import _time_ms, call_s, ce_case
 
 from cptrain.ops.chunked_ce import linear_cross_entropy
 
 ROWS = "1024,1280,1536,1792,2048,2304,2560,2816,3072,3328,3584,3840,4096"
 
 
-def call_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        host_ahead()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def measure(hidden: int, vocab: int, rows: int, tokens: int, repeats: int) -> dict:
     chunks = max(1, round(tokens / rows))
     t = chunks * rows
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    h = torch.randn(t, hidden, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-    w = (torch.randn(vocab, hidden, device="cuda", generator=gen) * hidden**-0.5).bfloat16().requires_grad_()
-    y = torch.randint(0, vocab, (t,), device="cuda", generator=gen)
+    h, w, y, gen = ce_case(t, hidden, vocab)
 
     def ours():
         h.grad = w.grad = None

@@ -70,6 +70,35 @@ def host_ahead() -> None:
     torch.cuda._sleep(HOST_AHEAD_CYCLES)
 
 
+def ce_case(tokens: int, hidden: int, vocab: int, seed: int = 0):
+    """The CE benchmarks' inputs: bf16 hidden [tokens, hidden] and weight [vocab, hidden] (scaled by hidden^-0.5),
+    both requiring grad, labels [tokens], and the generator that made them."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    h = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    w = (torch.randn(vocab, hidden, device="cuda", generator=gen) * hidden**-0.5).bfloat16().requires_grad_()
+    y = torch.randint(0, vocab, (tokens,), device="cuda", generator=gen)
+    return h, w, y, gen
+
+
+def call_s(fn, repeats: int, wait_first: bool = True) -> float:
+    """Median seconds of one call of `fn` over `repeats` (one untimed call first), CUDA events around each,
+    synchronized between; `wait_first`: each behind host_ahead's GPU wait, as the variants are timed."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        if wait_first:
+            host_ahead()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def sustained_floor_s(flops: int, warmup: int, repeats: int, n: int = 8192) -> float:
     """Seconds for `flops` of back-to-back n^3 bf16 matmuls, median of `repeats` after `warmup`, synchronized
     around each as run_variant times a variant."""
@@ -262,11 +291,7 @@ def main() -> None:
             row["variants"] = {n: {"status": "skipped (time budget)"} for n in impls}
             continue
         row["sustained_floor_s"] = sustained_floor_s(6 * tokens * hidden * vocab, args.warmup, args.repeats)
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        h = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-        w = torch.randn(vocab, hidden, device="cuda", generator=gen) * hidden**-0.5
-        w = w.bfloat16().requires_grad_()
-        y = torch.randint(0, vocab, (tokens,), device="cuda", generator=gen)
+        h, w, y, _ = ce_case(tokens, hidden, vocab)
         for name, fn in impls.items():
             if isinstance(fn, str):
                 result = {"status": fn}
