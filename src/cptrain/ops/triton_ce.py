@@ -32,6 +32,28 @@ def _softcapped(x, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def _capped_block(base, start, softcap, n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+    """Columns [start, start + BLOCK) of the row at `base`: their offsets, which lie inside the row, and the
+    (soft-capped) logits in fp32, -inf past the row's end."""
+    offs = start + tl.arange(0, BLOCK)
+    inside = offs < n_cols
+    x = tl.load(base + offs, mask=inside, other=0.0).to(tl.float32)
+    return offs, inside, tl.where(inside, _softcapped(x, softcap, HAS_SOFTCAP), float("-inf"))
+
+
+@triton.jit
+def _target_logit(base, labels_ptr, row, vocab_start, ignore_index, softcap, n_cols: tl.constexpr,
+                  HAS_SOFTCAP: tl.constexpr):
+    """The row's label column in this vocabulary slice, whether the label lies there (and is not ignored), and
+    its (soft-capped) logit in fp32 (0 when it does not)."""
+    label = tl.load(labels_ptr + row)
+    local = label - vocab_start
+    hit = (label != ignore_index) & (local >= 0) & (local < n_cols)
+    target = tl.load(base + local, mask=hit, other=0.0).to(tl.float32)
+    return local, hit, tl.where(hit, _softcapped(target, softcap, HAS_SOFTCAP), 0.0)
+
+
+@triton.jit
 def _row_stats_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, target_ptr, vocab_start, ignore_index,
                       softcap, n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -39,20 +61,12 @@ def _row_stats_kernel(logits_ptr, stride_row, labels_ptr, lse_ptr, target_ptr, v
     running_max = float("-inf")
     running_sum = 0.0
     for start in range(0, n_cols, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        inside = offs < n_cols
-        x = tl.load(base + offs, mask=inside, other=0.0).to(tl.float32)
-        x = tl.where(inside, _softcapped(x, softcap, HAS_SOFTCAP), float("-inf"))
+        _, _, x = _capped_block(base, start, softcap, n_cols, HAS_SOFTCAP, BLOCK)
         new_max = tl.maximum(running_max, tl.max(x, 0))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), 0)
         running_max = new_max
     tl.store(lse_ptr + row, running_max + tl.log(running_sum))
-
-    label = tl.load(labels_ptr + row)
-    local = label - vocab_start
-    hit = (label != ignore_index) & (local >= 0) & (local < n_cols)
-    target = tl.load(base + local, mask=hit, other=0.0).to(tl.float32)
-    target = tl.where(hit, _softcapped(target, softcap, HAS_SOFTCAP), 0.0)
+    _, _, target = _target_logit(base, labels_ptr, row, vocab_start, ignore_index, softcap, n_cols, HAS_SOFTCAP)
     tl.store(target_ptr + row, target)
 
 
@@ -93,18 +107,13 @@ def _shifted_exp_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, lse_ptr, 
     #                    = (scale / total) * (e_v - total * [v == label]),  e_v = exp(z_v - shift), total = sum e_v
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
-    label = tl.load(labels_ptr + row)
-    local = label - vocab_start
-    hit = (label != ignore_index) & (local >= 0) & (local < n_cols)
-    target = tl.load(base + local, mask=hit, other=0.0).to(tl.float32)  # before the row is overwritten
-    target = tl.where(hit, _softcapped(target, softcap, HAS_SOFTCAP), 0.0)
+    # read before the row is overwritten
+    local, hit, target = _target_logit(base, labels_ptr, row, vocab_start, ignore_index, softcap, n_cols,
+                                       HAS_SOFTCAP)
     shift = float("-inf")
     total = 0.0
     for start in range(0, n_cols, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        inside = offs < n_cols
-        x = tl.load(base + offs, mask=inside, other=0.0).to(tl.float32)
-        z = tl.where(inside, _softcapped(x, softcap, HAS_SOFTCAP), float("-inf"))
+        offs, inside, z = _capped_block(base, start, softcap, n_cols, HAS_SOFTCAP, BLOCK)
         block_max = tl.max(z, 0)
         if block_max > shift + SLACK:  # the first block, or (rarely) a much larger logit: a new shift
             factor = tl.exp(shift - block_max)
