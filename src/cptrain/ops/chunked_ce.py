@@ -227,6 +227,10 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     rows = _chunk_rows(n_tokens, chunk_size)
     buffer = (torch.empty((rows, vocab_local), dtype=hidden.dtype, device=hidden.device)
               if opts.use_triton else None)
+    # one pass instead of two (ops/triton_ce.py), the gradient's per-row scale on the [rows, H] sides; not with
+    # z-loss or a vocabulary split (both need the row's log-sum-exp first) nor in fp16, whose range cannot hold
+    # the unscaled values (up to e^40, and the row's sum at the target)
+    one_pass = need_grads and opts.use_triton and group is None and not opts.z_loss and hidden.dtype != torch.float16
 
     for start in range(0, n_tokens, rows):
         end = min(start + rows, n_tokens)
@@ -235,9 +239,7 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
             logits = torch.mm(h, weight.t(), out=buffer[: end - start])
         else:
             logits = h @ weight.t()
-        if need_grads and opts.use_triton and group is None and not opts.z_loss and logits.dtype != torch.float16:
-            # one pass instead of two (ops/triton_ce.py); the gradient's per-row scale goes on the [rows, H] sides.
-            # Not in fp16: its unscaled values (up to e^40, and the row's sum at the target) overflow 65504
+        if one_pass:
             lse, target = _one_pass_grads(logits, h, y, scale, weight, opts,
                                           grad_hidden[start:end] if grad_hidden is not None else None,
                                           grad_weight, first=start == 0)
@@ -257,10 +259,7 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         if grad_hidden is not None:
             torch.mm(grad_logits, weight, out=grad_hidden[start:end])
         if grad_weight is not None:
-            if start == 0:
-                torch.mm(grad_logits.t(), h, out=grad_weight)
-            else:
-                grad_weight.addmm_(grad_logits.t(), h)
+            _add_weight_grad(grad_weight, grad_logits, h, first=start == 0)
 
     if group is not None and grad_hidden is not None:
         dist.all_reduce(grad_hidden, group=group)
@@ -281,12 +280,16 @@ def _one_pass_grads(logits, h, labels, scale, weight, opts: _Options, grad_hidde
                     else torch.mm(logits, weight))
         row_scale(unscaled, s, grad_hidden)
     if grad_weight is not None:
-        h_scaled = row_scale(h, s, torch.empty_like(h))
-        if first:
-            torch.mm(logits.t(), h_scaled, out=grad_weight)
-        else:
-            grad_weight.addmm_(logits.t(), h_scaled)
+        _add_weight_grad(grad_weight, logits, row_scale(h, s, torch.empty_like(h)), first)
     return lse, target
+
+
+def _add_weight_grad(grad_weight, grad_logits, h, first: bool) -> None:
+    """d(weight) += grad_logits^T @ h; the first chunk writes it whole (no zero fill, no read of zeros)."""
+    if first:
+        torch.mm(grad_logits.t(), h, out=grad_weight)
+    else:
+        grad_weight.addmm_(grad_logits.t(), h)
 
 
 def _row_stats(logits, labels, vocab_start: int, opts: _Options):
