@@ -2,6 +2,7 @@
 
     python3 benchmarks/ce_floor.py                      # six shapes of kernels_ce.py's grid, ~1 min on H100
     python3 benchmarks/ce_floor.py --shapes 8192x2048x49152,32768x4096x151936
+    python3 benchmarks/ce_floor.py --z-loss 1e-4        # ours with a z-loss term (the floor is the same)
 
 kernels_ce.py's floor is 6*T*H*V flops at the rate of one 8192^3 bf16 torch.mm, best of 10, timed right
 after a short warmup: a burst. The CE calls it is compared with run for 6-800 ms back to back. Per shape this
@@ -32,13 +33,13 @@ from cptrain.ops.chunked_ce import _chunk_rows, default_chunk_size, linear_cross
 SHAPES = "8192x2048x49152,8192x2048x128256,8192x4096x128256,32768x4096x151936,131072x2048x151936,131072x4096x128256"
 
 
-def measure(tokens: int, hidden: int, vocab: int, repeats: int) -> dict:
+def measure(tokens: int, hidden: int, vocab: int, repeats: int, z_loss: float = 0.0) -> dict:
     h, w, y, _ = ce_case(tokens, hidden, vocab)
     flops = 6 * tokens * hidden * vocab
 
     def ours():
         h.grad = w.grad = None
-        linear_cross_entropy(h, w, y, reduction="mean").backward()
+        linear_cross_entropy(h, w, y, reduction="mean", z_loss=z_loss).backward()
 
     rows = _chunk_rows(tokens, default_chunk_size(vocab, 2))
     buf = torch.empty(rows, vocab, device="cuda", dtype=torch.bfloat16)
@@ -79,6 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=SHAPES, help="TxHxV,... (tokens x hidden x vocab)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--z-loss", type=float, default=0.0, help="ours' z-loss coefficient (default: none)")
     ns = ap.parse_args()
     harness.require_cuda()
     shapes = [tuple(map(int, s.split("x"))) for s in ns.shapes.split(",")]
@@ -86,7 +88,7 @@ def main() -> None:
     print(f"burst 8192^3 rate: {burst:.0f} TFLOP/s", flush=True)
     results = []
     for tokens, hidden, vocab in shapes:
-        r = measure(tokens, hidden, vocab, ns.repeats)
+        r = measure(tokens, hidden, vocab, ns.repeats, ns.z_loss)
         torch.cuda.empty_cache()  # the shape's tensors went with measure()
         r["burst_floor_s"] = r["flops"] / (burst * 1e12)
         results.append(r)
@@ -102,7 +104,8 @@ def main() -> None:
     notes = (f"Burst rate (kernels_ce.py's floor): {burst:.0f} TFLOP/s, the best single 8192^3 torch.mm of 10. "
              "'8192^3 x n': 6*T*H*V flops of 8192^3 matmuls back to back, one call timed as the CE is; 'mm only': "
              "ours' three matmuls per chunk without its Triton passes; 'ours device': the profiler's kernel time "
-             f"summed (no idle gaps). Median of {ns.repeats} calls after one warmup call.")
+             f"summed (no idle gaps). Median of {ns.repeats} calls after one warmup call."
+             + (f" Ours with z_loss={ns.z_loss:g}." if ns.z_loss else ""))
     print(table + "\n" + notes)
     command = "python3 benchmarks/ce_floor.py " + shlex.join(sys.argv[1:])
     harness.write_results("ce-floor", "Fused CE against its matmul floor: burst rate, sustained rate, matmuls only",

@@ -1,10 +1,13 @@
 """Vocabulary-parallel linear_cross_entropy on real gloo groups of 2 and 3 processes: uneven slices, slices
-whose default chunk sizes differ, and labels outside the whole vocabulary."""
+whose default chunk sizes differ, labels outside the whole vocabulary, and the Triton one-pass kernel (run by
+Triton's interpreter on CPU) finishing each row after the ranks combine their log-sum-exps."""
 
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import sys
 
 import pytest
 import torch
@@ -110,3 +113,36 @@ def test_still_sharded_fsdp2_weight_is_named_in_the_error():
     """FSDP2 parameters are sharded DTensors outside the module's forward, where a user may compute the loss
     from `model.lm_head.weight`; mm's own error speaks of mixing tensors."""
     run_ranks(2, _sharded_weight_worker)
+
+
+def _interpreted_one_pass_worker() -> None:
+    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined: before triton_ce is imported
+    assert "cptrain.ops.triton_ce" not in sys.modules
+    rank, _ = _init()
+    sizes = [37, 33]
+    for n, kw in ((21, dict(reduction="sum")), (21, dict(reduction="mean", z_loss=1e-2, softcap=3.0)),
+                  (5, dict(reduction="mean"))):
+        hidden, weight, labels = _case(n, sum(sizes), 16, seed=n)
+        if n == 5:
+            # every logit of rank 1's slice lies ~120 below rank 0's: its softmax share underflows to 0 (row scale 0)
+            # and its targets' gradient is the bare -scale
+            with torch.no_grad():
+                hidden.abs_()
+                weight[sizes[0]:] = -7.5 - 0.1 * weight[sizes[0]:].abs()
+            labels = torch.tensor([40, 41, 3, -100, 69])
+        want = torch.autograd.grad(naive_loss(hidden, weight, labels, **kw) * 0.5, (hidden, weight))
+        loss = naive_loss(hidden, weight, labels, **kw)
+        rows = weight.detach().split(sizes)[rank].clone().requires_grad_()
+        h = hidden.detach().clone().requires_grad_()
+        got = linear_cross_entropy(h, rows, labels, process_group=dist.group.WORLD, chunk_size=8, impl="triton",
+                                   **kw)
+        (got * 0.5).backward()
+        torch.testing.assert_close(got.detach(), loss.detach(), **TOL)
+        torch.testing.assert_close(h.grad, want[0], **TOL)
+        torch.testing.assert_close(rows.grad, want[1].split(sizes)[rank], **TOL)
+    assert "cptrain.ops.triton_ce" in sys.modules
+
+
+def test_one_pass_kernel_on_vocabulary_slices_in_interpreter():
+    pytest.importorskip("triton")
+    run_ranks(2, _interpreted_one_pass_worker)

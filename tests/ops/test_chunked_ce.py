@@ -184,7 +184,8 @@ def test_triton_kernels_match_torch_path_in_interpreter():
 
 
 # shifted_exp_ with 16-column blocks: row 0 jumps by 100 in its fourth block (past the 40 of slack: the row so far
-# is rescaled), row 1 rises block by block (slack 0: rescaled at every block), row 2's label is ignored
+# is rescaled), row 1 rises block by block (slack 0: rescaled at every block), row 2's label is ignored; with and
+# without z-loss, and as one rank's vocabulary slice (target column left at 0, no row scale)
 _SHIFTED_EXP = """
 import torch
 from cptrain.ops.triton_ce import shifted_exp_
@@ -194,19 +195,29 @@ logits[0, 50] += 100.0
 logits[1] += torch.arange(70) * 0.5
 labels = torch.tensor([50, 3, -100])
 scale = torch.tensor([0.5, 0.5, 0.0])
+hit = torch.arange(2), labels[:2]
 for slack in (40.0, 0.0):
     for softcap in (None, 20.0):
-        buf = logits.clone()
-        lse, target, s = shifted_exp_(buf, labels, scale, 0, -100, softcap, block=16, slack=slack)
         z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
-        want = torch.softmax(z, dim=1) * scale[:, None]
-        want[torch.arange(2), labels[:2]] -= scale[:2]
-        if softcap is not None:
-            want *= 1 - (z / softcap) ** 2
+        tanh_grad = 1 - (z / softcap) ** 2 if softcap is not None else torch.ones_like(z)
+        for z_loss in (0.0, 1e-2):
+            buf = logits.clone()
+            lse, target, s, shift = shifted_exp_(buf, labels, scale, 0, -100, softcap, z_loss, block=16, slack=slack)
+            c = 1 + 2 * z_loss * torch.logsumexp(z, dim=1)
+            want = torch.softmax(z, dim=1) * (scale * c)[:, None]
+            want[hit] -= scale[:2]
+            want *= tanh_grad
+            torch.testing.assert_close(lse, torch.logsumexp(z, dim=1))
+            torch.testing.assert_close(target[:2], z[hit])
+            assert target[2] == 0 and s[2] == 0
+            torch.testing.assert_close(buf * s[:, None], want, rtol=1e-5, atol=1e-7)
+        part = logits.clone()
+        lse, target, _, shift = shifted_exp_(part, labels, scale, 0, -100, softcap, whole_row=False, block=16,
+                                             slack=slack)
+        want = torch.exp(z - shift[:, None]) * tanh_grad
+        want[hit] = 0.0
         torch.testing.assert_close(lse, torch.logsumexp(z, dim=1))
-        torch.testing.assert_close(target[:2], z[torch.arange(2), labels[:2]])
-        assert target[2] == 0 and s[2] == 0
-        torch.testing.assert_close(buf * s[:, None], want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(part, want, rtol=1e-5, atol=1e-6)
 print("ok")
 """
 

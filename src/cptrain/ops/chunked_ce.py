@@ -9,9 +9,8 @@ one [chunk, V] buffer.
 
 - CUDA with Triton: logits in the input dtype from cuBLAS, then one Triton pass over the chunk
   (ops/triton_ce.py) that leaves the logits gradient in place up to a per-row scale, which is applied to
-  the gradient matmuls' [chunk, H] operands instead; with z-loss or vocabulary parallel, which need the
-  row's log-sum-exp first, or fp16 logits, whose range cannot hold the unscaled values, two passes
-  (log-sum-exp, then the gradient). fp32 arithmetic inside.
+  the gradient matmuls' [chunk, H] operands instead; in fp16, whose range cannot hold the unscaled values,
+  two passes (log-sum-exp, then the gradient). fp32 arithmetic inside.
 - Elsewhere (CPU, no Triton): the same loop in plain PyTorch, fp32 math.
 
 Gradient accumulation: d(hidden) is complete per chunk (one matmul over the whole vocabulary);
@@ -227,10 +226,10 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     rows = _chunk_rows(n_tokens, chunk_size)
     buffer = (torch.empty((rows, vocab_local), dtype=hidden.dtype, device=hidden.device)
               if opts.use_triton else None)
-    # one pass instead of two (ops/triton_ce.py), the gradient's per-row scale on the [rows, H] sides; not with
-    # z-loss or a vocabulary split (both need the row's log-sum-exp first) nor in fp16, whose range cannot hold
-    # the unscaled values (up to e^40, and the row's sum at the target)
-    one_pass = need_grads and opts.use_triton and group is None and not opts.z_loss and hidden.dtype != torch.float16
+    # with gradients one pass over each chunk's logits (ops/triton_ce.py), the gradient's per-row scale on the
+    # [rows, H] sides; two (log-sum-exp, then the gradient) only in fp16, whose range cannot hold the unscaled
+    # values (up to e^40, and the row's sum at the target)
+    one_pass = need_grads and opts.use_triton and hidden.dtype != torch.float16
 
     for start in range(0, n_tokens, rows):
         end = min(start + rows, n_tokens)
@@ -240,10 +239,10 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         else:
             logits = h @ weight.t()
         if one_pass:
-            lse, target = _one_pass_grads(logits, h, y, scale, weight, opts,
-                                          grad_hidden[start:end] if grad_hidden is not None else None,
-                                          grad_weight, first=start == 0)
-            total += torch.where(valid[start:end], lse - target, 0.0).sum()
+            row_loss = _one_pass_grads(logits, h, y, scale, weight, vocab_start, opts,
+                                       grad_hidden[start:end] if grad_hidden is not None else None,
+                                       grad_weight, first=start == 0)
+            total += torch.where(valid[start:end], row_loss, 0.0).sum()
             continue
         lse, target = _row_stats(logits, y, vocab_start, opts)
         if group is not None:
@@ -268,20 +267,46 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     return total, grad_hidden, grad_weight
 
 
-def _one_pass_grads(logits, h, labels, scale, weight, opts: _Options, grad_hidden, grad_weight, first: bool):
-    """The chunk's loss terms, its d(hidden) rows written into `grad_hidden` and its d(weight) added into
-    `grad_weight` (written when `first`), from `shifted_exp_`'s unscaled gradient: d(hidden) = s * (E @ W),
-    the product taken in fp32 before the scale; d(weight) += E^T @ (s * h)."""
+def _one_pass_grads(logits, h, labels, scale, weight, vocab_start: int, opts: _Options, grad_hidden, grad_weight,
+                    first: bool) -> torch.Tensor:
+    """The chunk's per-row losses, its d(hidden) rows written into `grad_hidden` and its d(weight) added into
+    `grad_weight` (written when `first`), from `shifted_exp_`'s unscaled gradient E and per-row scale s:
+    d(hidden) = s * (E @ W), the product taken in fp32 before the scale; d(weight) += E^T @ (s * h).
+
+    On a vocabulary slice the kernel cannot finish the row: s needs the whole row's log-sum-exp (one all-gather
+    after the kernel), and the target's term, scale * (c * p_y - 1), is left out of E and added here in fp32
+    as a rank-1 correction per row (t * W[y] into d(hidden), t * h into row y of d(weight)); a slice whose
+    logits all lie far below the others' then gets s = 0 and the target's exact -scale, not 0 * inf."""
     from cptrain.ops.triton_ce import row_scale, shifted_exp_
 
-    lse, target, s = shifted_exp_(logits, labels, scale, 0, opts.ignore_index, opts.softcap)
+    group = opts.process_group
+    lse, target, s, shift = shifted_exp_(logits, labels, scale, vocab_start, opts.ignore_index, opts.softcap,
+                                         opts.z_loss, whole_row=group is None)
+    correction = None
+    if group is not None:
+        slice_target = target
+        lse, target = _combine_over_vocab(lse, target, group)
+        c = 1.0 + 2.0 * opts.z_loss * lse
+        s = scale * c * torch.exp(shift - lse)
+        local, hit = _local_targets(labels, vocab_start, logits.shape[1], opts.ignore_index)
+        t = scale * (c * torch.exp(slice_target - lse) - 1.0)
+        if opts.softcap is not None:
+            t = t * (1.0 - (slice_target / opts.softcap).square())
+        correction = local, torch.where(hit, t, 0.0)
     if grad_hidden is not None:
         unscaled = (torch.mm(logits, weight, out_dtype=torch.float32) if logits.dtype != torch.float32
                     else torch.mm(logits, weight))
-        row_scale(unscaled, s, grad_hidden)
+        if correction is None:
+            row_scale(unscaled, s, grad_hidden)
+        else:
+            local, t = correction
+            grad_hidden.copy_(unscaled.mul_(s[:, None]).addcmul_(t[:, None], weight[local]))
     if grad_weight is not None:
         _add_weight_grad(grad_weight, logits, row_scale(h, s, torch.empty_like(h)), first)
-    return lse, target
+        if correction is not None:
+            local, t = correction
+            grad_weight.index_add_(0, local, (t[:, None] * h).to(grad_weight.dtype))  # t = 0 off the slice
+    return lse - target + opts.z_loss * lse.square() if opts.z_loss else lse - target
 
 
 def _add_weight_grad(grad_weight, grad_logits, h, first: bool) -> None:

@@ -1,11 +1,12 @@
 """Triton kernels for one chunk of the fused linear cross-entropy (see chunked_ce.py).
 
-The logits chunk [rows, V] comes from a cuBLAS matmul. With gradients the usual path is one pass,
+The logits chunk [rows, V] comes from a cuBLAS matmul. With gradients the path is one pass,
 `shifted_exp_`: it reads each row once and overwrites it with exp(logit - shift), where the shift is
 fixed early in the row, not the final log-sum-exp, so the gradient is that buffer times a per-row scale
 (applied to the small [rows, H] operands of the two gradient matmuls, `row_scale`), except at the target
-column, which it rewrites at the end of the row. Otherwise two passes: `row_stats` for the per-row
-log-sum-exp and target logit, then `logits_grad_`, which overwrites the logits with d(loss)/d(logits).
+column, which it rewrites at the end of the row. In fp16, whose range cannot hold the unscaled values, and
+for the loss alone, two passes: `row_stats` for the per-row log-sum-exp and target logit, then (fp16 with
+gradients) `logits_grad_`, which overwrites the logits with d(loss)/d(logits).
 All arithmetic is fp32 whatever the storage dtype. One program per row: chunks have thousands of rows,
 enough to fill the GPU, and a row never needs a cross-program reduction. The vocabulary size is a
 compile-time constant: it is fixed for a run, and the loop bounds become static.
@@ -101,10 +102,11 @@ _SHIFT_SLACK = 40.0
 
 @triton.jit
 def _shifted_exp_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, lse_ptr, target_ptr, row_scale_ptr,
-                        vocab_start, ignore_index, softcap, n_cols: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                        BLOCK: tl.constexpr, SLACK: tl.constexpr):
-    # d loss / d logit_v = scale * (softmax_v - [v == label]) (times tanh' when capped)
-    #                    = (scale / total) * (e_v - total * [v == label]),  e_v = exp(z_v - shift), total = sum e_v
+                        shift_ptr, vocab_start, ignore_index, softcap, z_loss, n_cols: tl.constexpr,
+                        HAS_SOFTCAP: tl.constexpr, WHOLE_ROW: tl.constexpr, BLOCK: tl.constexpr,
+                        SLACK: tl.constexpr):
+    # d loss / d logit_v = scale * (c * softmax_v - [v == label]) (times tanh' when capped), c = 1 + 2 z lse
+    #                    = (scale c / total) * (e_v - (total / c) [v == label]),  e_v = exp(z_v - shift), total = sum e_v
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
     # read before the row is overwritten
@@ -129,36 +131,49 @@ def _shifted_exp_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, lse_ptr, 
             t = tl.where(inside, z / softcap, 0.0)
             e = e * (1.0 - t * t)
         tl.store(base + offs, e.to(logits_ptr.dtype.element_ty), mask=inside)
-    tl.store(lse_ptr + row, shift + tl.log(total))
+    lse = shift + tl.log(total)
+    tl.store(lse_ptr + row, lse)
     tl.store(target_ptr + row, target)
-    tl.store(row_scale_ptr + row, tl.load(scale_ptr + row) / total)
-    g = tl.exp(target - shift) - total  # fp32, so a confident prediction's (p - 1) keeps its digits
-    if HAS_SOFTCAP:
-        t = target / softcap
-        g = g * (1.0 - t * t)
+    tl.store(shift_ptr + row, shift)
+    if WHOLE_ROW:
+        c = 1.0 + 2.0 * z_loss * lse
+        # near lse = -1 / (2 z) the softmax term vanishes; |c| >= 1e-6 keeps total / c finite, off by < 1e-6 * p
+        c = tl.where(tl.abs(c) < 1e-6, 1e-6, c)
+        tl.store(row_scale_ptr + row, tl.load(scale_ptr + row) * c / total)
+        g = tl.exp(target - shift) - total / c  # fp32, so a confident prediction's (p - 1) keeps its digits
+        if HAS_SOFTCAP:
+            t = target / softcap
+            g = g * (1.0 - t * t)
+    else:
+        g = 0.0  # a vocabulary slice: the caller adds the target's term once the whole row's lse is known
     tl.store(base + local, g.to(logits_ptr.dtype.element_ty), mask=hit)
 
 
 def shifted_exp_(logits: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, vocab_start: int,
-                 ignore_index: int, softcap: float | None, block: int = _BLOCK, num_warps: int = _NUM_WARPS,
-                 slack: float = _SHIFT_SLACK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Overwrite `logits` with the unscaled gradient e_v = exp(z_v - shift) (e_y - total at the target column);
-    returns per-row fp32 (log-sum-exp, target logit, row scale). d(loss)/d(logits) = row scale * logits.
-    `scale`: each row's weight in the loss (0 on ignored rows). No z-loss and one vocabulary slice only: both
-    need the row's log-sum-exp before its gradient. bf16 or fp32 logits only: the unscaled values reach e^slack
-    and the row's sum, beyond fp16's 65504."""
+                 ignore_index: int, softcap: float | None, z_loss: float = 0.0, whole_row: bool = True,
+                 block: int = _BLOCK, num_warps: int = _NUM_WARPS,
+                 slack: float = _SHIFT_SLACK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Overwrite `logits` with the unscaled gradient e_v = exp(z_v - shift) (times tanh' under a softcap);
+    returns per-row fp32 (log-sum-exp, target logit, row scale, shift).
+
+    whole_row (the logits span the vocabulary): the target column holds e_y - total / c (c = 1 + 2 z_loss lse,
+    total = sum e_v), and d(loss)/d(logits) = row scale * logits. Otherwise (one rank's vocabulary slice) the
+    target column holds 0 and the row scale is not written: with the whole row's log-sum-exp L,
+    d(loss)/d(logits) = scale c exp(shift - L) * logits plus, at the target, scale (c p_y - 1) (times tanh').
+    `scale`: each row's weight in the loss (0 on ignored rows). bf16 or fp32 logits only: the unscaled values
+    reach e^slack and the row's sum, beyond fp16's 65504."""
     if logits.dtype == torch.float16:
         raise ValueError("shifted_exp_: fp16 logits cannot hold the unscaled gradient; use row_stats + logits_grad_")
     _check(logits, labels)
     rows, n_cols = logits.shape
     lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    target, row_scale = torch.empty_like(lse), torch.empty_like(lse)
+    target, row_scale, shift = torch.empty_like(lse), torch.empty_like(lse), torch.empty_like(lse)
     if rows:
-        _shifted_exp_kernel[(rows,)](logits, logits.stride(0), labels, scale, lse, target, row_scale, vocab_start,
-                                     ignore_index, float(softcap or 1.0), n_cols=n_cols,
-                                     HAS_SOFTCAP=softcap is not None, BLOCK=block, SLACK=slack,
-                                     num_warps=num_warps)
-    return lse, target, row_scale
+        _shifted_exp_kernel[(rows,)](logits, logits.stride(0), labels, scale, lse, target, row_scale, shift,
+                                     vocab_start, ignore_index, float(softcap or 1.0), float(z_loss),
+                                     n_cols=n_cols, HAS_SOFTCAP=softcap is not None, WHOLE_ROW=whole_row,
+                                     BLOCK=block, SLACK=slack, num_warps=num_warps)
+    return lse, target, row_scale, shift
 
 
 @triton.jit
