@@ -233,7 +233,9 @@ def test_chunk_rows_are_whole_matmul_tiles():
     assert default_chunk_size(128256, 2) == 3072  # 3139 rows fit the budget
     assert default_chunk_size(151936, 2) == 2304  # 2650 fit; 2560 is not a good count
     assert default_chunk_size(49152, 2) == 4096  # 8192 fit; larger counts were not measured
-    assert default_chunk_size(10**7, 2) == 256  # never fewer than one step
+    assert default_chunk_size(600_000, 2) == 512  # 671 rows fit
+    assert default_chunk_size(10**7, 2) == 512  # past the budget: 256-row chunks run at ~0.6 of the best count
+    assert default_chunk_size(10**7, 16) == 256  # the torch path: never fewer than one step
     assert default_chunk_size(49152, 16) == 1024  # the torch path's fp32 buffers
     # equal chunks, rounded up to a step, never above chunk_size or the tokens ...
     assert _chunk_rows(8192, 5376) == 4096

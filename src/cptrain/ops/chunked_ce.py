@@ -5,7 +5,8 @@ per-token loss, and at once the gradient of the loss with respect to those logit
 turns into the chunk's slice of d(hidden) and its share of d(weight) with two more matmuls; only
 those two gradients outlive the chunk. The backward just scales them by the incoming gradient. The
 matmul work is exactly the 6*T*H*V flops of an unfused forward + backward, and the extra memory is
-one [chunk, V] buffer.
+one [chunk, V] buffer. Only the tokens are chunked: splitting the vocabulary too would cost a second pass
+(MIN_TRITON_ROWS has the measurement), except across ranks (vocabulary parallel, below).
 
 - CUDA with Triton: logits in the input dtype from cuBLAS, then one Triton pass over the chunk
   (ops/triton_ce.py) that leaves the logits gradient in place up to a per-row scale, which is applied to
@@ -148,10 +149,21 @@ ROW_MULTIPLE = 256
 GOOD_ROWS = (4096, 3072, 2304, 2048, 1536, 1024, 768, 512, 256)
 
 
+# the fewest rows a Triton-path chunk gets, past the budget if need be (a vocabulary above ~786K in bf16). Measured
+# on H100 (results/2026-11-24-1xh100-ce-chunk-rows-large-vocab.md, V in {262144, 1048576}, H in {2048, 4096}):
+# 256-row chunks run at 0.56-0.61 of the best count, 512 rows at 0.83-0.86. Splitting the vocabulary instead,
+# to keep the buffer in budget, would run at most 0.75: d(weight) needs the row's whole log-sum-exp, so a split
+# recomputes the logits in a second pass (8 instead of 6 T*H*V flops). So the chunk grows and the vocabulary is
+# never split within a rank.
+MIN_TRITON_ROWS = 512
+
+
 def default_chunk_size(vocab_local: int, bytes_per_logit: int) -> int:
-    """Rows per chunk: the largest of GOOD_ROWS whose logits buffers fit the budget (at least ROW_MULTIPLE)."""
+    """Rows per chunk: the largest of GOOD_ROWS whose logits buffers fit the budget; at least MIN_TRITON_ROWS on
+    the Triton path (bf16 or fp32 logits, one buffer) and ROW_MULTIPLE on the torch path."""
     rows = _LOGITS_BUDGET_BYTES // (max(1, vocab_local) * bytes_per_logit)  # a TP rank's slice may be empty
-    return next((good for good in GOOD_ROWS if good <= rows), ROW_MULTIPLE)
+    least = MIN_TRITON_ROWS if bytes_per_logit <= 4 else ROW_MULTIPLE
+    return next((good for good in GOOD_ROWS if least <= good <= rows), least)
 
 
 def _chunk_rows(n_tokens: int, chunk_size: int) -> int:
