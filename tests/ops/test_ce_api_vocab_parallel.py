@@ -129,8 +129,8 @@ def _interpreted_one_pass_worker() -> None:
             with torch.no_grad():
                 hidden.abs_()
                 weight[sizes[0]:] = -7.5 - 0.1 * weight[sizes[0]:].abs()
-            labels = torch.tensor([40, 41, 3, -100, 69])
-        loss = naive_loss(hidden, weight, labels, **kw)
+            labels = torch.tensor([40, 41, 3, -100, 69], dtype=torch.int32)  # int32 ids index the slice too
+        loss = naive_loss(hidden, weight, labels.long(), **kw)  # F.cross_entropy takes int64 targets only
         want = torch.autograd.grad(loss * 0.5, (hidden, weight))
         rows = weight.detach().split(sizes)[rank].clone().requires_grad_()
         h = hidden.detach().clone().requires_grad_()
