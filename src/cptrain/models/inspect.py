@@ -137,8 +137,9 @@ def memory_estimate(args: ModelArgs, seq_len: int, micro_batch_size: int) -> dic
     a time holds its saved tensors; with `model.tiled_mlp = "auto"` as well (when it tiles at this length)
     that block's gate/up are gone and its MLP backward works one tile at a time, so the attention backward
     sets the peak. The fused loss's chunk buffers (_loss_work) exist between the last block's forward and the
-    first backward, beside whatever the blocks keep then; at short lengths they can set the peak. With the states, 0.89-1.11x of every peak measured on one H100 or H200 (1B, 8B, Qwen-7B shapes;
-    8K-128K tokens; with and without checkpointing and tiling)."""
+    first backward, beside whatever the blocks keep then; at short lengths they can set the peak. With the
+    states, 0.89-1.11x of every peak measured on one H100 or H200 (1B, 8B, Qwen-7B shapes; 8K-128K tokens;
+    with and without checkpointing and tiling)."""
     from cptrain.ops.tiled_mlp import resolve_num_tiles
 
     n = count_parameters(args)["total"]

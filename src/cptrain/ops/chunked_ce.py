@@ -259,10 +259,7 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         lse, target = _row_stats(logits, y, vocab_start, opts)
         if group is not None:
             lse, target = _combine_over_vocab(lse, target, group)
-        row_loss = lse - target
-        if opts.z_loss:
-            row_loss = row_loss + opts.z_loss * lse.square()
-        total += torch.where(valid[start:end], row_loss, 0.0).sum()
+        total += torch.where(valid[start:end], _row_loss(lse, target, opts.z_loss), 0.0).sum()
         if not need_grads:
             continue
         coef = scale * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else scale
@@ -318,7 +315,12 @@ def _one_pass_grads(logits, h, labels, scale, weight, vocab_start: int, opts: _O
         if correction is not None:
             local, t = correction
             grad_weight.index_add_(0, local, (t[:, None] * h).to(grad_weight.dtype))  # t = 0 off the slice
-    return lse - target + opts.z_loss * lse.square() if opts.z_loss else lse - target
+    return _row_loss(lse, target, opts.z_loss)
+
+
+def _row_loss(lse: torch.Tensor, target: torch.Tensor, z_loss: float) -> torch.Tensor:
+    """Each row's cross-entropy, log-sum-exp minus the target's logit, plus z_loss * lse^2."""
+    return lse - target + z_loss * lse.square() if z_loss else lse - target
 
 
 def _add_weight_grad(grad_weight, grad_logits, h, first: bool) -> None:

@@ -106,7 +106,8 @@ def _shifted_exp_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, lse_ptr, 
                         HAS_SOFTCAP: tl.constexpr, WHOLE_ROW: tl.constexpr, BLOCK: tl.constexpr,
                         SLACK: tl.constexpr):
     # d loss / d logit_v = scale * (c * softmax_v - [v == label]) (times tanh' when capped), c = 1 + 2 z lse
-    #                    = (scale c / total) * (e_v - (total / c) [v == label]),  e_v = exp(z_v - shift), total = sum e_v
+    #                    = (scale c / total) * (e_v - (total / c) [v == label]),
+    # e_v = exp(z_v - shift), total = sum e_v
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
     # read before the row is overwritten
