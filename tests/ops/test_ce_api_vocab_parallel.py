@@ -37,10 +37,13 @@ def _case(n: int, vocab: int, hdim: int, seed: int):
 
 
 def _check_against_single_process(sizes: list[int], n: int, hdim: int, chunk_size: int | None = None,
-                                  **kw) -> None:
+                                  case=None, **kw) -> None:
+    """`case`: (hidden, weight, labels) over the whole vocabulary instead of _case's; `kw` goes to both the
+    reference (impl excepted) and linear_cross_entropy."""
     rank = dist.get_rank()
-    hidden, weight, labels = _case(n, sum(sizes), hdim, seed=n)
-    loss = naive_loss(hidden, weight, labels, **kw)
+    hidden, weight, labels = case or _case(n, sum(sizes), hdim, seed=n)
+    reference_kw = {k: v for k, v in kw.items() if k != "impl"}
+    loss = naive_loss(hidden, weight, labels.long(), **reference_kw)  # F.cross_entropy takes int64 targets only
     want = torch.autograd.grad(loss * 0.5, (hidden, weight))
     rows = weight.detach().split(sizes)[rank].clone().requires_grad_()
     h = hidden.detach().clone().requires_grad_()
@@ -120,26 +123,17 @@ def _interpreted_one_pass_worker() -> None:
     assert "cptrain.ops.triton_ce" not in sys.modules
     rank, _ = _init()
     sizes = [37, 33]
-    for n, kw in ((21, dict(reduction="sum")), (21, dict(reduction="mean", z_loss=1e-2, softcap=3.0)),
-                  (5, dict(reduction="mean"))):
-        hidden, weight, labels = _case(n, sum(sizes), 16, seed=n)
-        if n == 5:
-            # every logit of rank 1's slice lies ~120 below rank 0's: its softmax share underflows to 0 (row scale 0)
-            # and its targets' gradient is the bare -scale
-            with torch.no_grad():
-                hidden.abs_()
-                weight[sizes[0]:] = -7.5 - 0.1 * weight[sizes[0]:].abs()
-            labels = torch.tensor([40, 41, 3, -100, 69], dtype=torch.int32)  # int32 ids index the slice too
-        loss = naive_loss(hidden, weight, labels.long(), **kw)  # F.cross_entropy takes int64 targets only
-        want = torch.autograd.grad(loss * 0.5, (hidden, weight))
-        rows = weight.detach().split(sizes)[rank].clone().requires_grad_()
-        h = hidden.detach().clone().requires_grad_()
-        got = linear_cross_entropy(h, rows, labels, process_group=dist.group.WORLD, chunk_size=8, impl="triton",
-                                   **kw)
-        (got * 0.5).backward()
-        torch.testing.assert_close(got.detach(), loss.detach(), **TOL)
-        torch.testing.assert_close(h.grad, want[0], **TOL)
-        torch.testing.assert_close(rows.grad, want[1].split(sizes)[rank], **TOL)
+    for kw in (dict(reduction="sum"), dict(reduction="mean", z_loss=1e-2, softcap=3.0)):
+        _check_against_single_process(sizes, 21, 16, chunk_size=8, impl="triton", **kw)
+    # every logit of rank 1's slice lies ~120 below rank 0's: its softmax share underflows to 0 (row scale 0) and
+    # its targets' gradient is the bare -scale
+    hidden, weight, _ = _case(5, sum(sizes), 16, seed=5)
+    with torch.no_grad():
+        hidden.abs_()
+        weight[sizes[0]:] = -7.5 - 0.1 * weight[sizes[0]:].abs()
+    labels = torch.tensor([40, 41, 3, -100, 69], dtype=torch.int32)  # int32 ids index the slice too
+    _check_against_single_process(sizes, 5, 16, chunk_size=8, case=(hidden, weight, labels), impl="triton",
+                                  reduction="mean")
     assert "cptrain.ops.triton_ce" in sys.modules
 
 
