@@ -4,9 +4,10 @@ k/v expanded to every query head.
     python3 benchmarks/kernels_varlen_gqa.py            # llama3.2-1b and llama3.1-8b heads, seq 8192
 
 With fewer key/value heads than query heads the kernel adds each query head's d(k)/d(v) into fp32
-buffers with atomic adds and converts them in a pass of its own (`accum`). `expand` (ops/varlen.py's
-`expanded_gqa_backward`) repeats k/v to the query heads, lets the kernel store d(k)/d(v) directly, and sums
-each group after; its time here includes the repeat and the sum. Per head shape and row kind (packed
+buffers with atomic adds and converts them in a pass of its own (`accum`, what cptrain runs). `expand`
+repeats k/v to the query heads, lets the kernel store d(k)/d(v) directly, and sums each group after; its
+time here includes the repeat and the sum. (Measured on 1 x H200: `expand` is 3-13% slower, so cptrain
+does not use it; results/2026-11-24-1xh200-kernels-varlen-gqa.md.) Per head shape and row kind (packed
 documents as in kernels_attention.py, or one document): forward, both backwards, and how far the two
 backwards' gradients are apart. Needs flash-attn-4 (benchmarks/gpu_flash4.sh).
 Writes benchmarks/results/<date>-<device>-kernels-varlen-gqa.md and .json (and into $OUT when set).
@@ -39,13 +40,26 @@ def device_ms(fn, warmup: int, repeats: int) -> float:
     return harness.median(times)
 
 
+def flash_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+    """The kernel's backward as cptrain's op calls it."""
+    from cptrain.ops.varlen import _flash
+
+    return _flash()._flash_attn_bwd(q, k, v, out, dout, lse, scale, True, cu_seqlens_q=cu_seqlens,
+                                    cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen)
+
+
+def expanded_gqa_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+    """The backward on k/v repeated to q's heads (query head h reads key/value head h // group), then d(k),
+    d(v) of each group summed."""
+    group = q.shape[1] // k.shape[1]
+    dq, dk, dv = flash_backward(dout, q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), out, lse,
+                                cu_seqlens, max_seqlen, scale)
+    t, hkv, d = k.shape
+    return dq, dk.view(t, hkv, group, d).sum(2), dv.view(t, hkv, group, d).sum(2)
+
+
 def measure(hq: int, hkv: int, d: int, docs: torch.Tensor, ns) -> dict:
-    from cptrain.ops.varlen import (
-        cu_seqlens_from_documents,
-        expanded_gqa_backward,
-        flash_backward,
-        varlen_attention_fwd,
-    )
+    from cptrain.ops.varlen import cu_seqlens_from_documents, varlen_attention_fwd
 
     dev, s = docs.device, docs.shape[1]
     cu_host = cu_seqlens_from_documents(docs.cpu())
@@ -58,8 +72,8 @@ def measure(hq: int, hkv: int, d: int, docs: torch.Tensor, ns) -> dict:
     args = (dout, q, k, v, out, lse, cu, longest, scale)
     fwd = device_ms(lambda: varlen_attention_fwd(q, k, v, cu, longest, scale), ns.warmup, ns.repeats)
     accum = device_ms(lambda: flash_backward(*args), ns.warmup, ns.repeats)
-    expand = device_ms(lambda: expanded_gqa_backward(flash_backward, *args), ns.warmup, ns.repeats)
-    a, e = flash_backward(*args), expanded_gqa_backward(flash_backward, *args)
+    expand = device_ms(lambda: expanded_gqa_backward(*args), ns.warmup, ns.repeats)
+    a, e = flash_backward(*args), expanded_gqa_backward(*args)
     rel = {n: ((x.float() - y.float()).norm() / y.float().norm()).item() for n, x, y in zip("qkv", e, a)}
     flops = masked_flops(docs, hq, d)
     return {"fwd_ms": fwd, "bwd_accum_ms": accum, "bwd_expand_ms": expand, "speedup": accum / expand,

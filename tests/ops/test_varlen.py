@@ -63,48 +63,9 @@ def test_custom_op_passes_opcheck_and_compiles_without_graph_break():
     torch.testing.assert_close(compiled, eager)
 
 
-def test_expanded_gqa_backward_matches_the_grouped_reference():
-    """The `expand` backward: an MHA kernel on repeated k/v, then each group's d(k)/d(v) summed, gives the
-    GQA gradients (query head h reads key/value head h // group)."""
-    from cptrain.ops.varlen import _reference_backward, _reference_forward, expanded_gqa_backward
-
-    ids, q, k, v = packed(2, 40, 6, 2, 8)
-    q, k, v = (t.detach().flatten(0, 1) for t in (q, k, v))
-    k[:, 1] += 3.0  # the two key/value heads differ enough that a wrong head mapping cannot pass
-    cu = cu_seqlens_from_documents(ids)
-    out, lse = _reference_forward(q, k, v, cu, 0.3)
-    dout = torch.randn_like(out)
-    seen = []
-
-    def mha_kernel(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
-        seen.append((k.shape[1], v.shape[1], max_seqlen))
-        return _reference_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
-
-    got = expanded_gqa_backward(mha_kernel, dout, q, k, v, out, lse, cu, 17, 0.3)
-    want = _reference_backward(dout, q, k, v, out, lse, cu, 0.3)
-    assert seen == [(6, 6, 17)]
-    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
-        assert g.shape == w.shape, name
-        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=name)
-
-
-def test_gqa_backward_mode_names_the_variable_on_a_bad_value(monkeypatch):
-    from cptrain.ops.varlen import gqa_backward_mode
-
-    monkeypatch.delenv("CPTRAIN_FLASH4_GQA_BWD", raising=False)
-    assert gqa_backward_mode() == "expand"
-    monkeypatch.setenv("CPTRAIN_FLASH4_GQA_BWD", "accum")
-    assert gqa_backward_mode() == "accum"
-    monkeypatch.setenv("CPTRAIN_FLASH4_GQA_BWD", "atomic")
-    with pytest.raises(ValueError, match="CPTRAIN_FLASH4_GQA_BWD"):
-        gqa_backward_mode()
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["expand", "accum"])
 @pytest.mark.parametrize("d", [64, 128])
-def test_flash_kernel_matches_fp32_reference(d, mode, monkeypatch):
-    monkeypatch.setenv("CPTRAIN_FLASH4_GQA_BWD", mode)
+def test_flash_kernel_matches_fp32_reference(d):
     if not flash_available():
         pytest.skip("flash-attn-4 is not installed or this GPU is not Hopper/Blackwell")
     b, s, hq, hkv = 2, 1000, 8, 2

@@ -126,43 +126,15 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale):
     return torch.empty_like(q), q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
 
 
-def gqa_backward_mode() -> str:
-    """How the kernel's backward treats grouped-query attention (fewer key/value heads than query heads):
-    `expand` (default) runs it on k/v repeated to every query head and sums the group's d(k)/d(v) after;
-    `accum` lets the kernel add each query head's d(k)/d(v) into fp32 buffers itself (atomic adds, then a
-    conversion pass). Environment variable CPTRAIN_FLASH4_GQA_BWD; benchmarks/kernels_varlen_gqa.py
-    measures both."""
-    mode = os.environ.get("CPTRAIN_FLASH4_GQA_BWD", "expand")
-    if mode not in ("expand", "accum"):
-        raise ValueError(f"CPTRAIN_FLASH4_GQA_BWD must be 'expand' or 'accum', got {mode!r}")
-    return mode
-
-
-def expanded_gqa_backward(backward, dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
-    """`backward` (a kernel taking the arguments of `flash_backward`) on k/v repeated to q's head count
-    (query head h reads key/value head h // group, as in the forward); d(k), d(v) of each group summed."""
-    group = q.shape[1] // k.shape[1]
-    dq, dk, dv = backward(dout, q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), out, lse,
-                          cu_seqlens, max_seqlen, scale)
-    t, hkv, d = k.shape
-    return dq, dk.view(t, hkv, group, d).sum(2), dv.view(t, hkv, group, d).sum(2)
-
-
-def flash_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
-    """The kernel's backward as it is: (dq, dk, dv) in q/k/v's shapes."""
-    return _flash()._flash_attn_bwd(
-        q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-        max_seqlen_q=max_seqlen or None, max_seqlen_k=max_seqlen or None)
-
-
 @torch.library.custom_op("cptrain::varlen_attention_bwd", mutates_args=())
 def varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if flash_supports(q.device, q.dtype, q.shape[-1]):
-        if q.shape[1] != k.shape[1] and gqa_backward_mode() == "expand":
-            return expanded_gqa_backward(flash_backward, dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
-        return tuple(flash_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale))
+        dq, dk, dv = _flash()._flash_attn_bwd(
+            q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen or None, max_seqlen_k=max_seqlen or None)
+        return dq, dk, dv
     return _reference_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
 
 
