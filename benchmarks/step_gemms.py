@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,41 +31,100 @@ def projections(args) -> list[tuple[str, int, int]]:
             ("up", h, args.ffn_dim), ("down", args.ffn_dim, h)]
 
 
-def step_matmuls(args, tokens: int, chunk: int, dev) -> tuple[Callable[[], None], float]:
-    """(run once, flops): every matmul of one fwd+bwd step, in the order the step makes them."""
+def step_calls(args, tokens: int, chunk: int, dev) -> list[tuple[str, float, Callable[[], object]]]:
+    """(label, flops, run once) of every matmul of one fwd+bwd step, in the order the step makes them."""
     g = torch.Generator(device=dev).manual_seed(0)
     bf = dict(device=dev, dtype=torch.bfloat16)
     mats = {}
     for name, fin, fout in projections(args):  # one weight/activation set per projection, reused per block
-        w = torch.randn(fout, fin, generator=g, **bf) * 0.02
-        x = torch.randn(tokens, fin, generator=g, **bf)
-        dy = torch.randn(tokens, fout, generator=g, **bf)
-        mats[name] = (w, x, dy)
+        mats[name] = (torch.randn(fout, fin, generator=g, **bf) * 0.02, torch.randn(tokens, fin, generator=g, **bf),
+                      torch.randn(tokens, fout, generator=g, **bf))
     head_w = torch.randn(args.vocab_size, args.dim, generator=g, **bf) * 0.02
     head_x = torch.randn(tokens, args.dim, generator=g, **bf)
     head_dy = torch.randn(chunk, args.vocab_size, generator=g, **bf)
     head_dw = torch.empty_like(head_w)
-    flops = 6 * tokens * (args.n_layers * sum(fin * fout for _, fin, fout in projections(args))
-                          + args.dim * args.vocab_size)
+    calls = []
+    for _ in range(args.n_layers):
+        for name, (w, x, _) in mats.items():
+            calls.append((f"{name} fwd", 2 * x.numel() * w.shape[0], lambda w=w, x=x: torch.mm(x, w.t())))
+    for i, start in enumerate(range(0, tokens, chunk)):  # fused CE: logits, d(hidden), d(weight) per chunk
+        xc, dy = head_x[start:start + chunk], head_dy[:min(chunk, tokens - start)]
+        f, rows = 2 * dy.shape[0] * args.dim * args.vocab_size, dy.shape[0]
+        calls.append((f"lm_head fwd {rows}", f, lambda xc=xc: torch.mm(xc, head_w.t())))
+        calls.append((f"lm_head d(hidden) {rows}", f, lambda dy=dy: torch.mm(dy, head_w)))
+        calls.append((f"lm_head d(weight) {rows}", f, (lambda dy=dy, xc=xc: torch.mm(dy.t(), xc, out=head_dw)) if i == 0
+                      else (lambda dy=dy, xc=xc: head_dw.addmm_(dy.t(), xc))))
+    for _ in range(args.n_layers):
+        for name, (w, x, dy) in reversed(mats.items()):
+            f = 2 * x.numel() * w.shape[0]
+            calls.append((f"{name} d(input)", f, lambda w=w, dy=dy: torch.mm(dy, w)))
+            calls.append((f"{name} d(weight)", f, lambda x=x, dy=dy: torch.mm(dy.t(), x)))
+    return calls
 
-    def once():
-        for _ in range(args.n_layers):
-            for w, x, _ in mats.values():
-                torch.mm(x, w.t())
-        for i, start in enumerate(range(0, tokens, chunk)):  # fused CE: logits, d(hidden), d(weight) per chunk
-            xc = head_x[start:start + chunk]
-            torch.mm(xc, head_w.t())
-            torch.mm(head_dy[:len(xc)], head_w)
-            if i == 0:
-                torch.mm(head_dy[:len(xc)].t(), xc, out=head_dw)
-            else:
-                head_dw.addmm_(head_dy[:len(xc)].t(), xc)
-        for _ in range(args.n_layers):
-            for w, x, dy in reversed(mats.values()):
-                torch.mm(dy, w)
-                torch.mm(dy.t(), x)
 
-    return once, flops
+def back_to_back(calls, warmup: int, repeats: int) -> list[float]:
+    """ms of the whole sequence, per repeat after `warmup`."""
+    times = []
+    for i in range(warmup + repeats):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _, _, fn in calls:
+            fn()
+        e1.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(e0.elapsed_time(e1))
+    return times
+
+
+def per_label(calls) -> dict[str, dict]:
+    """Each kind of matmul: calls per step, flops per call, its ms per call inside one back-to-back pass
+    (events between calls), and alone after 0.3 s idle (best of 3: the burst rate)."""
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(len(calls) + 1)]
+    events[0].record()
+    for (_, _, fn), e in zip(calls, events[1:]):
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    out = {}
+    for (label, f, fn), e0, e1 in zip(calls, events, events[1:]):
+        r = out.setdefault(label, {"calls": 0, "flops": f, "in_pass_ms": 0.0, "fn": fn})
+        r["calls"] += 1
+        r["in_pass_ms"] += e0.elapsed_time(e1)
+    for r in out.values():
+        r["in_pass_ms"] /= r["calls"]
+        burst = []
+        for _ in range(3):
+            time.sleep(0.3)
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            r["fn"]()
+            e1.record()
+            torch.cuda.synchronize()
+            burst.append(e0.elapsed_time(e1))
+        r["burst_ms"] = min(burst)
+        del r["fn"]
+    return out
+
+
+def kernel_names(calls) -> dict[str, dict]:
+    """The GEMM kernels cuBLAS picks for one pass (torch.profiler): name -> calls, device ms, to set beside a
+    profiled step's (profile_step.py's top kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _, _, fn in calls:
+            fn()
+        torch.cuda.synchronize()
+    from torch.autograd import DeviceType
+
+    out = {}
+    for e in prof.profiler.kineto_results.events():
+        if e.device_type() == DeviceType.CUDA:
+            r = out.setdefault(e.name(), {"calls": 0, "ms": 0.0})
+            r["calls"] += 1
+            r["ms"] += e.duration_ns() / 1e6
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,29 +143,38 @@ def main(argv: list[str] | None = None) -> int:
     for preset in ns.preset:
         args = PRESETS[preset]
         chunk = _chunk_rows(ns.seq_len, default_chunk_size(args.vocab_size, 2))
-        once, flops = step_matmuls(args, ns.seq_len, chunk, dev)
-        times = []
-        for i in range(ns.warmup + ns.repeats):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            once()
-            e1.record()
-            torch.cuda.synchronize()
-            if i >= ns.warmup:
-                times.append(e0.elapsed_time(e1))
+        calls = step_calls(args, ns.seq_len, chunk, dev)
+        flops = sum(f for _, f, _ in calls)
+        times = back_to_back(calls, ns.warmup, ns.repeats)
+        kinds = per_label(calls)
+        kernels = kernel_names(calls)
+        burst = sum(k["calls"] * k["burst_ms"] for k in kinds.values())
         ms = harness.median(times)
         row = {"preset": preset, "seq_len": ns.seq_len, "ce_chunk_rows": chunk, "ms": ms, "min_ms": min(times),
-               "max_ms": max(times), "tflops": flops / ms / 1e9, "flops": flops, "times_ms": times}
-        print(row, flush=True)
+               "max_ms": max(times), "tflops": flops / ms / 1e9, "flops": flops, "times_ms": times,
+               "burst_ms": burst, "burst_tflops": flops / burst / 1e9, "kinds": kinds, "kernels": kernels}
+        print({k: v for k, v in row.items() if k not in ("kinds", "kernels")}, flush=True)
         rows.append(row)
+        del calls
         torch.cuda.empty_cache()
     body = [[r["preset"], str(r["seq_len"]), str(r["ce_chunk_rows"]), f"{r['ms']:.1f}",
-             f"{r['min_ms']:.1f}-{r['max_ms']:.1f}", f"{r['tflops']:.0f}"] for r in rows]
-    md = harness.markdown_table(["preset", "seq", "CE chunk rows", "matmuls ms (median)", "range ms", "TFLOP/s"],
-                                body)
-    notes = (f"\nOne step's matmuls (batch 1), bf16, back to back; median of {ns.repeats} CUDA-event-timed steps after "
+             f"{r['min_ms']:.1f}-{r['max_ms']:.1f}", f"{r['tflops']:.0f}", f"{r['burst_ms']:.1f}",
+             f"{r['burst_tflops']:.0f}"] for r in rows]
+    md = harness.markdown_table(["preset", "seq", "CE chunk rows", "back to back ms (median)", "range ms", "TFLOP/s",
+                                 "sum of bursts ms", "burst TFLOP/s"], body)
+    kinds = [[r["preset"], label, str(k["calls"]), f"{k['burst_ms']:.3f}", f"{k['flops'] / k['burst_ms'] / 1e9:.0f}",
+              f"{k['in_pass_ms']:.3f}", f"{k['flops'] / k['in_pass_ms'] / 1e9:.0f}"]
+             for r in rows for label, k in r["kinds"].items()]
+    md += "\n\n" + harness.markdown_table(["preset", "matmul", "calls/step", "alone ms", "alone TFLOP/s",
+                                           "in the pass ms", "in the pass TFLOP/s"], kinds)
+    md += "\n\n" + harness.markdown_table(["preset", "kernel (one profiled pass)", "calls", "ms"], [
+        [r["preset"], f"`{name[:90]}`", str(k["calls"]), f"{k['ms']:.2f}"] for r in rows
+        for name, k in r["kernels"].items()])
+    notes = (f"\nOne step's matmuls (batch 1), bf16, back to back; median of {ns.repeats} CUDA-event-timed passes after "
              f"{ns.warmup}. TFLOP/s: 6 x tokens x (linear weights of the blocks + lm_head), the matmul part of "
-             "cptrain.flops.\n")
+             "cptrain.flops. Sum of bursts: each kind of matmul timed alone after 0.3 s idle (best of 3), times its "
+             "calls per step: what the matmuls would take if the clocks stayed where they are after idle. Second "
+             "table: per kind, alone and inside one more back-to-back pass (CUDA events between calls).\n")
     command = shlex.join(["python3", "benchmarks/step_gemms.py", *(sys.argv[1:] if argv is None else argv)])
     paths = harness.write_results("step-gemms", "A step's matmuls alone, back to back", md, rows, info, command,
                                   notes, None, ns.results_dir)
