@@ -79,7 +79,8 @@ def back_to_back(calls, warmup: int, repeats: int) -> list[float]:
 
 def per_label(calls) -> dict[str, dict]:
     """Each kind of matmul: calls per step, flops per call, its ms per call inside one back-to-back pass
-    (events between calls), and alone after 0.3 s idle (best of 3: the burst rate)."""
+    (events between calls), and alone (`burst_ms`: 20 calls of that kind after 0.3 s idle, median of the
+    last 10)."""
     events = [torch.cuda.Event(enable_timing=True) for _ in range(len(calls) + 1)]
     events[0].record()
     for (_, _, fn), e in zip(calls, events[1:]):
@@ -93,16 +94,14 @@ def per_label(calls) -> dict[str, dict]:
         r["in_pass_ms"] += e0.elapsed_time(e1)
     for r in out.values():
         r["in_pass_ms"] /= r["calls"]
-        burst = []
-        for _ in range(3):
-            time.sleep(0.3)
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
+        time.sleep(0.3)  # each kind alone: 20 calls after idle, the median of the last 10 (clocks ramped up,
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(21)]  # no long load on the power limit yet)
+        ev[0].record()
+        for e in ev[1:]:
             r["fn"]()
-            e1.record()
-            torch.cuda.synchronize()
-            burst.append(e0.elapsed_time(e1))
-        r["burst_ms"] = min(burst)
+            e.record()
+        torch.cuda.synchronize()
+        r["burst_ms"] = harness.median([a.elapsed_time(b) for a, b in zip(ev[10:], ev[11:])])
         del r["fn"]
     return out
 
@@ -172,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, k in r["kernels"].items()])
     notes = (f"\nOne step's matmuls (batch 1), bf16, back to back; median of {ns.repeats} CUDA-event-timed passes after "
              f"{ns.warmup}. TFLOP/s: 6 x tokens x (linear weights of the blocks + lm_head), the matmul part of "
-             "cptrain.flops. Sum of bursts: each kind of matmul timed alone after 0.3 s idle (best of 3), times its "
-             "calls per step: what the matmuls would take if the clocks stayed where they are after idle. Second "
+             "cptrain.flops. Sum of bursts: each kind of matmul alone (20 calls of it after 0.3 s idle, median of the last "
+             "10), times its calls per step: the step's matmuls at the rate of short loads. Second "
              "table: per kind, alone and inside one more back-to-back pass (CUDA events between calls).\n")
     command = shlex.join(["python3", "benchmarks/step_gemms.py", *(sys.argv[1:] if argv is None else argv)])
     paths = harness.write_results("step-gemms", "A step's matmuls alone, back to back", md, rows, info, command,
