@@ -138,9 +138,9 @@ def time_steps(step: Callable[[], float], warmup: int, steps: int, sync: Callabl
     return times, losses
 
 
-def kernel_ms(once: Callable[[], object], repeats: int) -> dict[str, float]:
-    """ms of device time per call of `once`, by kernel name (first 80 characters), largest first: the
-    profiler's kernel durations summed over `repeats` calls, so the host's launch speed does not count (in the
+def kernel_stats(once: Callable[[], object], repeats: int) -> dict[str, dict[str, float]]:
+    """Per kernel name (first 80 characters), largest first: launches and ms of device time per call of `once`,
+    from the profiler's kernel durations over `repeats` calls, so the host's launch speed does not count (in the
     model the host runs far ahead of the device). Call after warming `once` up; CUDA only."""
     import torch
 
@@ -148,11 +148,34 @@ def kernel_ms(once: Callable[[], object], repeats: int) -> dict[str, float]:
         for _ in range(repeats):
             once()
         torch.cuda.synchronize()
-    kernels: dict[str, float] = {}
+    kernels: dict[str, dict[str, float]] = {}
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[e.name[:80]] = kernels.get(e.name[:80], 0.0) + e.device_time / 1e3 / repeats
-    return dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+            k = kernels.setdefault(e.name[:80], {"calls": 0.0, "ms": 0.0})
+            k["calls"] += 1 / repeats
+            k["ms"] += e.device_time / 1e3 / repeats
+    return dict(sorted(kernels.items(), key=lambda kv: -kv[1]["ms"]))
+
+
+def kernel_ms(once: Callable[[], object], repeats: int) -> dict[str, float]:
+    """ms of device time per call of `once`, by kernel name, largest first (`kernel_stats` without the counts)."""
+    return {name: k["ms"] for name, k in kernel_stats(once, repeats).items()}
+
+
+def cuda_event_ms(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """ms of each of `repeats` calls of fn() between CUDA events, after `warmup` untimed ones."""
+    import torch
+
+    times = []
+    for i in range(warmup + repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    return times
 
 
 def require_cuda() -> None:

@@ -55,16 +55,7 @@ def shard_params(model: str, dtype: torch.dtype, shards: int, flat: bool = False
 
 def cuda_seconds(fn, warmup: int, repeats: int) -> float:
     """Median seconds of `fn()` between CUDA events, after `warmup` untimed calls."""
-    times = []
-    for i in range(warmup + repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        if i >= warmup:
-            times.append(start.elapsed_time(end) / 1e3)
-    return harness.median(times)
+    return harness.median(harness.cuda_event_ms(fn, warmup, repeats)) / 1e3
 
 
 def time_variant(groups: list[dict], make, warmup: int, repeats: int) -> float:

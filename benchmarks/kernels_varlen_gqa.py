@@ -26,20 +26,6 @@ import torch
 from kernels_attention import HEADS, PACKED_DOCS, doc_ids, masked_flops
 
 
-def device_ms(fn, warmup: int, repeats: int) -> float:
-    """Median CUDA-event time of fn() over `repeats` calls after `warmup`."""
-    times = []
-    for i in range(warmup + repeats):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        fn()
-        e1.record()
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(e0.elapsed_time(e1))
-    return harness.median(times)
-
-
 def flash_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
     """The kernel's backward as cptrain's op calls it."""
     from cptrain.ops.varlen import _flash
@@ -70,9 +56,11 @@ def measure(hq: int, hkv: int, d: int, docs: torch.Tensor, ns) -> dict:
     scale = 1 / math.sqrt(d)
     out, lse = varlen_attention_fwd(q, k, v, cu, longest, scale)
     args = (dout, q, k, v, out, lse, cu, longest, scale)
-    fwd = device_ms(lambda: varlen_attention_fwd(q, k, v, cu, longest, scale), ns.warmup, ns.repeats)
-    accum = device_ms(lambda: flash_backward(*args), ns.warmup, ns.repeats)
-    expand = device_ms(lambda: expanded_gqa_backward(*args), ns.warmup, ns.repeats)
+    def ms(fn):
+        return harness.median(harness.cuda_event_ms(fn, ns.warmup, ns.repeats))
+
+    fwd = ms(lambda: varlen_attention_fwd(q, k, v, cu, longest, scale))
+    accum, expand = ms(lambda: flash_backward(*args)), ms(lambda: expanded_gqa_backward(*args))
     a, e = flash_backward(*args), expanded_gqa_backward(*args)
     rel = {n: ((x.float() - y.float()).norm() / y.float().norm()).item() for n, x, y in zip("qkv", e, a)}
     flops = masked_flops(docs, hq, d)

@@ -5,7 +5,8 @@
 The step of a preset at batch 1 x seq: per block the forward projections (q, k, v, o, gate, up, down:
 x @ W^T), then, in reverse, each one's d(input) = dY @ W and d(weight) = dY^T @ X, the calls and
 layouts autograd makes for nn.Linear; the lm_head's three at the fused CE's chunk size. No attention, no
-pointwise, no optimizer. Against a profiled step's matmul time (profile_step.py, kernel family `gemm`)
+pointwise, no optimizer. Timed back to back (the sustained rate), each kind alone for a short load (20
+calls after idle: the rate before the clocks drop), and profiled once for the cuBLAS kernels picked. Against a profiled step's matmul time (profile_step.py, kernel family `gemm`)
 this says whether the matmuls inside the step run as fast as they can alone, i.e. how much of the step
 is matmul floor. Writes benchmarks/results/<date>-<device>-step-gemms.md and .json (and into $OUT).
 """
@@ -64,17 +65,10 @@ def step_calls(args, tokens: int, chunk: int, dev) -> list[tuple[str, float, Cal
 
 def back_to_back(calls, warmup: int, repeats: int) -> list[float]:
     """ms of the whole sequence, per repeat after `warmup`."""
-    times = []
-    for i in range(warmup + repeats):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
+    def run():
         for _, _, fn in calls:
             fn()
-        e1.record()
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(e0.elapsed_time(e1))
-    return times
+    return harness.cuda_event_ms(run, warmup, repeats)
 
 
 def per_label(calls) -> dict[str, dict]:
@@ -94,8 +88,9 @@ def per_label(calls) -> dict[str, dict]:
         r["in_pass_ms"] += e0.elapsed_time(e1)
     for r in out.values():
         r["in_pass_ms"] /= r["calls"]
-        time.sleep(0.3)  # each kind alone: 20 calls after idle, the median of the last 10 (clocks ramped up,
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(21)]  # no long load on the power limit yet)
+        # alone: 20 calls after idle, the median of the last 10 (clocks ramped up, no long load on the power limit)
+        time.sleep(0.3)
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(21)]
         ev[0].record()
         for e in ev[1:]:
             r["fn"]()
@@ -104,26 +99,6 @@ def per_label(calls) -> dict[str, dict]:
         r["burst_ms"] = harness.median([a.elapsed_time(b) for a, b in zip(ev[10:], ev[11:])])
         del r["fn"]
     return out
-
-
-def kernel_names(calls) -> dict[str, dict]:
-    """The GEMM kernels cuBLAS picks for one pass (torch.profiler): name -> calls, device ms, to set beside a
-    profiled step's (profile_step.py's top kernels)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _, _, fn in calls:
-            fn()
-        torch.cuda.synchronize()
-    from torch.autograd import DeviceType
-
-    out = {}
-    for e in prof.profiler.kineto_results.events():
-        if e.device_type() == DeviceType.CUDA:
-            r = out.setdefault(e.name(), {"calls": 0, "ms": 0.0})
-            r["calls"] += 1
-            r["ms"] += e.duration_ns() / 1e6
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         flops = sum(f for _, f, _ in calls)
         times = back_to_back(calls, ns.warmup, ns.repeats)
         kinds = per_label(calls)
-        kernels = kernel_names(calls)
+        kernels = harness.kernel_stats(lambda c=calls: [fn() for _, _, fn in c], 1)
         burst = sum(k["calls"] * k["burst_ms"] for k in kinds.values())
         ms = harness.median(times)
         row = {"preset": preset, "seq_len": ns.seq_len, "ce_chunk_rows": chunk, "ms": ms, "min_ms": min(times),
@@ -167,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     md += "\n\n" + harness.markdown_table(["preset", "matmul", "calls/step", "alone ms", "alone TFLOP/s",
                                            "in the pass ms", "in the pass TFLOP/s"], kinds)
     md += "\n\n" + harness.markdown_table(["preset", "kernel (one profiled pass)", "calls", "ms"], [
-        [r["preset"], f"`{name[:90]}`", str(k["calls"]), f"{k['ms']:.2f}"] for r in rows
+        [r["preset"], f"`{name}`", f"{k['calls']:.0f}", f"{k['ms']:.2f}"] for r in rows
         for name, k in r["kernels"].items()])
     notes = (f"\nOne step's matmuls (batch 1), bf16, back to back; median of {ns.repeats} CUDA-event-timed passes after "
              f"{ns.warmup}. TFLOP/s: 6 x tokens x (linear weights of the blocks + lm_head), the matmul part of "
