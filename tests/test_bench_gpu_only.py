@@ -11,7 +11,7 @@ import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 GPU_ONLY = ["kernels_ce", "ce_floor", "ce_chunk_rows", "ce_label_check", "kernels_tiled_mlp", "kernels_attention",
-            "kernels_adamw", "overlap_adamw", "kernels_projections", "kernels_mlp_fused"]
+            "kernels_adamw", "overlap_adamw", "kernels_projections", "kernels_mlp_fused", "kernels_varlen_gqa", "step_gemms"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
