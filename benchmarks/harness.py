@@ -193,6 +193,19 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """The command that reproduces a run of benchmarks/`script`: its arguments `argv`, else sys.argv's."""
+    return shlex.join(["python3", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_and_show(question: str, title: str, table_md: str, rows: list[dict], info: dict, command: str,
+                   notes: str = "", log_path: Path | None = None, results_dir: Path = RESULTS) -> list[Path]:
+    """`write_results`, then print the table, the notes and where they went."""
+    paths = write_results(question, title, table_md, rows, info, command, notes, log_path, results_dir)
+    print("\n" + table_md + notes + "\nwrote " + ", ".join(str(p) for p in paths), flush=True)
+    return paths
+
+
 def write_results(question: str, title: str, table_md: str, rows: list[dict], info: dict, command: str,
                   notes: str = "", log_path: Path | None = None, results_dir: Path = RESULTS) -> list[Path]:
     """Write the dated .md and .json (and copy them plus the log into $OUT); returns the paths written."""

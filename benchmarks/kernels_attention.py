@@ -14,7 +14,6 @@ Writes benchmarks/results/<date>-<device>-kernels-attention.md and .json (and in
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -191,10 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "bwd TFLOP/s", "status"], body)
     notes = (f"\nBatch 1 x {ns.seq_len}, bf16, median of {ns.repeats} after {ns.warmup} warmup. Packed rows: "
              f"documents of {PACKED_DOCS} tokens scaled to the row. TFLOP/s over the masked-in work only.\n")
-    command = shlex.join(["python3", "benchmarks/kernels_attention.py", *(sys.argv[1:] if argv is None else argv)])
-    paths = harness.write_results("kernels-attention", "Attention fwd+bwd: FlexAttention settings vs SDPA",
+    command = harness.command_line(__file__, argv)
+    harness.write_and_show("kernels-attention", "Attention fwd+bwd: FlexAttention settings vs SDPA",
                                   md, rows, info, command, notes, None, ns.results_dir)
-    print("\n" + md + notes + "\nwrote " + ", ".join(str(x) for x in paths), flush=True)
     return 0
 
 

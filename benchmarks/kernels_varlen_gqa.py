@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 from pathlib import Path
 
@@ -107,10 +106,9 @@ def main(argv: list[str] | None = None) -> int:
              "longest document's length is passed as max_seqlen, as the trainer does. `expand` includes the "
              "repeat of k/v and the sum of d(k)/d(v). TFLOP/s: 2.5 x the masked-in forward flops. rel. diff: "
              "|expand - accum| / |accum| per gradient.\n")
-    command = shlex.join(["python3", "benchmarks/kernels_varlen_gqa.py", *(sys.argv[1:] if argv is None else argv)])
-    paths = harness.write_results("kernels-varlen-gqa", "FlashAttention 4 varlen backward: GQA accum vs expanded k/v",
+    command = harness.command_line(__file__, argv)
+    harness.write_and_show("kernels-varlen-gqa", "FlashAttention 4 varlen backward: GQA accum vs expanded k/v",
                                   md, rows, info, command, notes, None, ns.results_dir)
-    print("\n" + md + notes + "\nwrote " + ", ".join(str(x) for x in paths), flush=True)
     return 0
 
 

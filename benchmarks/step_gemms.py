@@ -14,7 +14,6 @@ is matmul floor. Writes benchmarks/results/<date>-<device>-step-gemms.md and .js
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -149,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
              "cptrain.flops. Sum of bursts: each kind of matmul alone (20 calls of it after 0.3 s idle, median of the last "
              "10), times its calls per step: the step's matmuls at the rate of short loads. Second "
              "table: per kind, alone and inside one more back-to-back pass (CUDA events between calls).\n")
-    command = shlex.join(["python3", "benchmarks/step_gemms.py", *(sys.argv[1:] if argv is None else argv)])
-    paths = harness.write_results("step-gemms", "A step's matmuls alone, back to back", md, rows, info, command,
+    command = harness.command_line(__file__, argv)
+    harness.write_and_show("step-gemms", "A step's matmuls alone, back to back", md, rows, info, command,
                                   notes, None, ns.results_dir)
-    print("\n" + md + notes + "\nwrote " + ", ".join(str(x) for x in paths), flush=True)
     return 0
 
 

@@ -276,12 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     log.write_text("".join(f"\n===== {v.name} =====\n" + (work / f"{v.name}.log").read_text()
                            for v in variants if (work / f"{v.name}.log").exists()))
     md, notes = results_table(rows), best_summary(rows, spec["goal"]) + NOTES
-    command = shlex.join(["python3", "benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)])
+    command = harness.command_line(__file__, argv)
     title = spec["title"]
     if (ns.shape, ns.seq_len) != (spec["shape"], spec["seq_len"]):
         title += f" [run with shape {ns.shape}, seq {ns.seq_len}]"
-    paths = harness.write_results(question, title, md, rows, info, command, notes, log, ns.results_dir)
-    print("\n" + md + notes + "\nwrote " + ", ".join(str(p) for p in paths), flush=True)
+    harness.write_and_show(question, title, md, rows, info, command, notes, log, ns.results_dir)
     return 0
 
 
