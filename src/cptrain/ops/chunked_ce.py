@@ -262,7 +262,7 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         total += torch.where(valid[start:end], _row_loss(lse, target, opts.z_loss), 0.0).sum()
         if not need_grads:
             continue
-        coef = scale * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else scale
+        coef = scale * _z_factor(lse, opts.z_loss) if opts.z_loss else scale
         grad_logits = _logits_grad(logits, y, lse, coef, scale, vocab_start, opts)
         if grad_hidden is not None:
             torch.mm(grad_logits, weight, out=grad_hidden[start:end])
@@ -295,12 +295,12 @@ def _one_pass_grads(logits, h, labels, scale, weight, vocab_start: int, opts: _O
     if group is not None:
         slice_target = target
         lse, target = _combine_over_vocab(lse, target, group)
-        c = 1.0 + 2.0 * opts.z_loss * lse
+        c = _z_factor(lse, opts.z_loss)
         s = scale * c * torch.exp(shift - lse)
         local, hit = _local_targets(labels, vocab_start, logits.shape[1], opts.ignore_index)
         t = scale * (c * torch.exp(slice_target - lse) - 1.0)
         if opts.softcap is not None:
-            t = t * (1.0 - (slice_target / opts.softcap).square())
+            t = t * _cap_slope(slice_target, opts.softcap)
         correction = local, torch.where(hit, t, 0.0)
     if grad_hidden is not None:
         unscaled = (torch.mm(logits, weight, out_dtype=torch.float32) if logits.dtype != torch.float32
@@ -321,6 +321,11 @@ def _one_pass_grads(logits, h, labels, scale, weight, vocab_start: int, opts: _O
 def _row_loss(lse: torch.Tensor, target: torch.Tensor, z_loss: float) -> torch.Tensor:
     """Each row's cross-entropy, log-sum-exp minus the target's logit, plus z_loss * lse^2."""
     return lse - target + z_loss * lse.square() if z_loss else lse - target
+
+
+def _z_factor(lse: torch.Tensor, z_loss: float) -> torch.Tensor:
+    """d(lse + z_loss * lse^2) / d(lse): the factor on the softmax term of each row's logits gradient."""
+    return 1.0 + 2.0 * z_loss * lse
 
 
 def _add_weight_grad(grad_weight, grad_logits, h, first: bool) -> None:
@@ -352,12 +357,17 @@ def _logits_grad(logits, labels, lse, coef, scale, vocab_start: int, opts: _Opti
     local, hit = _local_targets(labels, vocab_start, logits.shape[1], opts.ignore_index)
     grad.scatter_add_(1, local.unsqueeze(1), -torch.where(hit, scale, 0.0).unsqueeze(1))
     if opts.softcap is not None:
-        grad *= 1.0 - (z / opts.softcap).square()
+        grad *= _cap_slope(z, opts.softcap)
     return grad.to(logits.dtype)
 
 
 def _capped(z: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return z if softcap is None else softcap * torch.tanh(z / softcap)
+
+
+def _cap_slope(z: torch.Tensor, softcap: float) -> torch.Tensor:
+    """d(capped)/d(logit) written with the capped value z: 1 - tanh^2 = 1 - (z / softcap)^2."""
+    return 1.0 - (z / softcap).square()
 
 
 def _local_targets(labels, vocab_start: int, vocab_local: int, ignore_index: int):
